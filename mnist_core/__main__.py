@@ -1,0 +1,238 @@
+"""Command line: python -m mnist_core {summary,train,predict,bench} ...
+
+Every error a user can cause ends with one line `error: ...` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from mnist_core.config import PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
+
+EXIT_USAGE = 2
+KEEP = object()  # an option left out: keep the preset's value
+
+
+class UserError(Exception):
+    """Anything the user can fix: printed as one `error:` line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line
+        raise UserError(message)
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be 6 whole numbers separated by commas, got {text!r}") from None
+
+
+def parse_limit(text: str) -> int | None:
+    if text.lower() in ("all", "none", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-bn", action="store_true", help="Conv-ReLU blocks without BatchNorm")
+    p.add_argument("--widths", type=parse_widths, help="six channel widths W1,W2,W3,W4,W5,W6 (default 12,16,10,12,16,30)")
+    p.add_argument("--dropout", type=float, help="Dropout2d after every ReLU (0 = off)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m mnist_core", description="Design, train and try tiny CNNs on MNIST.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("summary", help="print the torchinfo layer table of a model")
+    add_model_args(p)
+
+    p = sub.add_parser("train", help="train a model into a run directory")
+    p.add_argument("--preset", default="reference", help=f"starting settings: {', '.join(PRESETS)} (default reference)")
+    add_model_args(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (peak rate for onecycle)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--scheduler", choices=SCHEDULERS)
+    p.add_argument("--augment", type=float, help="random rotation in degrees, with small shift/scale (0 = off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")
+    p.add_argument("--limit-test", type=parse_limit, default=KEEP, help="test on the first N images only ('all': every one)")
+    p.add_argument("--run-dir", type=Path, help="directory for this run (default runs/<name>)")
+    p.add_argument("--name", help="run name under the runs folder (ignored with --run-dir)")
+    p.add_argument("--target", help="the TARGET line of the run's card")
+    p.add_argument("--from-run", action="store_true", help="train the config already written in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="read digits from image files")
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the bundled model)")
+    p.add_argument("images", nargs="+", type=Path)
+
+    p = sub.add_parser("bench", help="images/s of the reference pipeline vs the core's, and UI latencies")
+    p.add_argument("--quick", action="store_true", help="fewer batches: under 30 seconds")
+    p.add_argument("--batches", type=int, help="timed batches per pipeline")
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def model_config(args, base: ModelConfig) -> ModelConfig:
+    changes = {}
+    if args.no_bn:
+        changes["batchnorm"] = False
+    if args.widths is not None:
+        changes["widths"] = args.widths
+    if args.dropout is not None:
+        changes["dropout"] = args.dropout
+    return replace(base, **changes)
+
+
+def cmd_summary(args) -> int:
+    from mnist_core.model import summary
+
+    print(summary(model_config(args, ModelConfig())))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mnist_core.data import load_mnist
+    from mnist_core.runs import RUNS_DIR, Run, execute, read_json
+
+    if args.from_run:
+        if args.run_dir is None:
+            raise UserError("--from-run needs --run-dir")
+        cfg = read_json(args.run_dir / "config.json")
+        if cfg is None:
+            raise UserError(f"{args.run_dir}: no readable config.json to train")
+        run = Run(args.run_dir)
+        model_cfg, train_cfg = run.model_config(), run.train_config()
+    else:
+        preset = get_preset(args.preset)
+        model_cfg = model_config(args, preset.model)
+        changes = {
+            k: getattr(args, k)
+            for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device")
+            if getattr(args, k) is not None
+        }
+        changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})
+        train_cfg = replace(preset.train, **changes)
+        from mnist_core.train import resolve_device
+
+        resolve_device(train_cfg.device)  # refuse an unavailable device before writing anything
+        data_size = train_cfg.limit_train or 60000
+        if train_cfg.batch_size > data_size:
+            raise UserError(f"batch-size {train_cfg.batch_size} is larger than the training set ({data_size} images)")
+        if args.run_dir is not None:
+            run = Run.at(args.run_dir, model_cfg, train_cfg, preset=args.preset, target=args.target)
+        else:
+            run = Run.create(RUNS_DIR, model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
+
+    data = load_mnist()
+    stop = {"requested": False}
+
+    def on_signal(signum, frame):
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    printer = Progress(quiet=args.quiet)
+    print(f"run: {run.path}", flush=True)
+    result = execute(run, data, progress=printer, should_stop=lambda: stop["requested"])
+    printer.close()
+    state = "stopped" if result.stopped else "finished"
+    print(f"{state}: best test accuracy {result.best_test_acc:.2f}% (epoch {result.best_epoch})")
+    print(run.path)
+    return 0
+
+
+class Progress:
+    """The reference notebook's output: a tqdm bar per epoch, then the test-set line."""
+
+    def __init__(self, quiet=False):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, r):
+        if r["kind"] == "batch":
+            if self.bar is None and not self.quiet:
+                from tqdm import tqdm
+
+                print(f"EPOCH: {r['epoch']}", flush=True)
+                self.bar = tqdm(total=r["batches"], file=sys.stdout, mininterval=0.5)
+            if self.bar is not None:
+                self.bar.set_description(
+                    f"Loss={r['loss']} Batch_id={r['batch'] - 1} Accuracy={r['acc']:.2f}", refresh=False
+                )
+                self.bar.update(1)
+        elif r["kind"] == "epoch":
+            self.close()
+            print(
+                f"\nTest set: Average loss: {r['test_loss']:.4f}, "
+                f"Accuracy: {r['test_correct']}/{r['test_total']} ({r['test_acc']:.2f}%)\n",
+                flush=True,
+            )
+        elif r["kind"] == "stopped":
+            self.close()
+            print(f"\nstopped at epoch {r['epoch']}, batch {r['batch']}", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_predict(args) -> int:
+    from mnist_core.draw import describe, load_image, predict
+    from mnist_core.runs import BUNDLED_CHECKPOINT, load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint or BUNDLED_CHECKPOINT)
+    images = [(path, load_image(path)) for path in args.images]  # all readable before any output
+    lines = []
+    for path, image in images:
+        try:
+            _, p, _ = predict(model, image)
+        except ValueError as e:
+            raise UserError(f"{path}: {e}") from None
+        lines.append(f"{path}: {describe(p)}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from mnist_core.bench import run_bench
+
+    if args.batches is not None and args.batches < 1:
+        raise UserError(f"--batches is {args.batches}: it must be at least 1")
+    run_bench(quick=args.quick, batches=args.batches, device=args.device)
+    return 0
+
+
+def main(argv=None) -> int:
+    from mnist_core.data import DataError
+    from mnist_core.draw import ImageError
+    from mnist_core.runs import CheckpointError, RunError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return {"summary": cmd_summary, "train": cmd_train, "predict": cmd_predict, "bench": cmd_bench}[args.command](args)
+    except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # disk full, permissions, ...: still one line
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

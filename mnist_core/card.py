@@ -1,0 +1,116 @@
+"""A run's card in the reference experiment's TARGET / RESULTS / ANALYSIS form.
+
+The analysis is derived from the numbers alone: the train-test gap, overfitting, the epoch of
+the best test accuracy, whether the curve was still rising, stability over the last epochs.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+GOAL = 99.4  # the test accuracy this family of experiments aims for
+OVERFIT_GAP = 0.3  # points of train-over-test accuracy that we call overfitting
+
+
+def target_text(cfg: dict) -> str:
+    model, train = cfg.get("model", {}), cfg.get("train", {})
+    widths = "-".join(map(str, model.get("widths", [])))
+    bn = "with BatchNorm" if model.get("batchnorm") else "without BatchNorm"
+    drop = f", dropout {model['dropout']:g}" if model.get("dropout") else ""
+    sched = {"none": "constant LR", "step": f"StepLR every {train.get('step_size')} epochs", "onecycle": "OneCycle"}.get(
+        train.get("scheduler"), train.get("scheduler")
+    )
+    aug = f", augmentation {train['augment']:g}" if train.get("augment") else ", no augmentation"
+    subset = f", {train['limit_train']} training images" if train.get("limit_train") else ""
+    lines = []
+    if cfg.get("target"):
+        lines.append(cfg["target"])
+    lines.append(
+        f"Train widths {widths} {bn}{drop} ({cfg.get('params', '?')} params) for {train.get('epochs')} epochs, "
+        f"batch {train.get('batch_size')}, SGD lr {train.get('lr')} momentum {train.get('momentum')}, {sched}{aug}{subset}."
+    )
+    lines.append(f"Reach {GOAL}% test accuracy.")
+    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))
+
+
+def analysis(epochs: list[dict], status: str, planned: int | None, cfg_train: dict | None = None,
+             model_dropout: float = 0.0) -> list[str]:
+    if not epochs:
+        return [f"No epoch finished (run {status})."]
+    out = []
+    best = max(epochs, key=lambda e: e["test_acc"])
+    last = epochs[-1]
+    n = len(epochs)
+    out.append(f"Best test accuracy {best['test_acc']:.2f}% at epoch {best['epoch']} of {n}.")
+
+    gap = last["train_acc"] - last["test_acc"]
+    if gap > OVERFIT_GAP:
+        out.append(f"Model overfits: final train accuracy is {gap:.2f} points above test accuracy.")
+    elif gap < 0:
+        train = cfg_train or {}
+        why = (
+            "augmentation or dropout makes training harder than the test"
+            if train.get("augment") or model_dropout
+            else "train accuracy is averaged over an epoch in which the model was still improving"
+        )
+        out.append(f"No overfitting: test accuracy is {-gap:.2f} points above train accuracy ({why}).")
+    else:
+        out.append(f"Train-test gap is small ({gap:.2f} points): no clear overfitting.")
+
+    reached = [e for e in epochs if e["test_acc"] >= GOAL]
+    if reached:
+        held = sum(e["test_acc"] >= GOAL for e in epochs[-3:])
+        out.append(
+            f"Reached {GOAL}% first at epoch {reached[0]['epoch']}; "
+            f"{held} of the last {min(3, n)} epochs are at or above it."
+        )
+    else:
+        out.append(f"Never reached {GOAL}% (short by {GOAL - best['test_acc']:.2f} points).")
+
+    if n >= 3:
+        tail = [e["test_acc"] for e in epochs[-3:]]
+        spread = max(tail) - min(tail)
+        rising = epochs[-1]["test_acc"] > epochs[-3]["test_acc"] + 0.05 and best["epoch"] >= n - 1
+        if rising:
+            out.append("Test accuracy was still rising at the end: more epochs may help.")
+        elif best["epoch"] < n - 2 and best["test_acc"] - last["test_acc"] > 0.1:
+            out.append(
+                f"Test accuracy fell {best['test_acc'] - last['test_acc']:.2f} points after epoch {best['epoch']}: "
+                "a decaying learning rate or regularisation would hold it."
+            )
+        out.append(f"Last 3 epochs vary by {spread:.2f} points ({'stable' if spread < 0.15 else 'unstable'}).")
+    if status == "stopped":
+        out.append(f"Run was stopped after {n} of {planned} epochs.")
+    elif status in ("failed", "interrupted"):
+        out.append(f"Run {status} after {n} of {planned} epochs.")
+    secs = [e["seconds"] for e in epochs]
+    out.append(f"An epoch took {statistics.median(secs):.1f} s (median), {sum(secs) / 60:.1f} min in all.")
+    return out
+
+
+def render(cfg: dict, epochs: list[dict], status: str, layer_table: str = "") -> str:
+    planned = cfg.get("train", {}).get("epochs")
+    best_train = max((e["train_acc"] for e in epochs), default=None)
+    best_test = max((e["test_acc"] for e in epochs), default=None)
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    parts = [
+        f"# {cfg.get('name', 'run')}",
+        "",
+        "**TARGET:**  ",
+        target_text(cfg),
+        "",
+        "**RESULTS:**  ",
+        f"*#params:* {cfg.get('params', '?')}  ",
+        f"*best train acc:*  {fmt(best_train)}  ",
+        f"*best test acc:*  {fmt(best_test)}  ",
+        f"*status:* {status}, {len(epochs)}/{planned} epochs",
+        "",
+        "**ANALYSIS:**  ",
+        *(f"{i}. {line}" for i, line in enumerate(analysis(epochs, status, planned, cfg.get("train"), cfg.get("model", {}).get("dropout", 0.0)), 1)),
+    ]
+    if layer_table:
+        parts += ["", "```", layer_table.rstrip(), "```"]
+    return "\n".join(parts) + "\n"

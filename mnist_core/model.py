@@ -1,0 +1,158 @@
+"""The network, built from a ModelConfig; its summary, parameter count and receptive field.
+
+The default config is the reference experiment's model, layer for layer:
+
+    (B, 1, 28, 28)
+    Conv3x3 -> BN -> ReLU                  (B, w1, 26, 26)   block1
+    Conv3x3 -> BN -> ReLU                  (B, w2, 24, 24)   block2
+    Conv1x1                                (B, w3, 24, 24)   transition: mixes channels, no ReLU
+    MaxPool2x2                             (B, w3, 12, 12)
+    Conv3x3 -> BN -> ReLU                  (B, w4, 10, 10)   block3
+    Conv3x3 -> BN -> ReLU                  (B, w5, 8, 8)     block4
+    Conv3x3 -> BN -> ReLU                  (B, w6, 6, 6)     block5
+    AvgPool6x6                             (B, w6, 1, 1)     global average pooling
+    Conv1x1                                (B, 10, 1, 1)     head -> logits (B, 10)
+
+No convolution has a bias (BatchNorm's shift plays that part), which is how the reference
+arrives at 9,596 parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mnist_core.config import ModelConfig
+
+INPUT_SIZE = 28
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row of the layer table, computed without building the network."""
+
+    name: str  # block1, transition, pool, head, ...
+    kind: str  # conv | bn | relu | dropout | maxpool | avgpool
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    out_size: int  # spatial side of the output feature map
+    params: int
+    receptive_field: int  # side of the input patch one output pixel sees
+    jump: int  # input pixels between neighbouring outputs
+
+
+def layer_plan(cfg: ModelConfig) -> list[Layer]:
+    """The rows of the network in order, with shapes, parameters and receptive fields.
+
+    Pure Python: cheap enough to call on every slider move.
+    """
+    w1, w2, w3, w4, w5, w6 = cfg.widths
+    rows: list[Layer] = []
+    ch, size, rf, jump = 1, INPUT_SIZE, 1, 1
+
+    def add(name, kind, out_ch, kernel=1, stride=1, params=0):
+        nonlocal ch, size, rf, jump
+        size_out = (size - kernel) // stride + 1 if kernel > 1 or stride > 1 else size
+        rf = rf + (kernel - 1) * jump
+        jump = jump * stride
+        rows.append(Layer(name, kind, ch, out_ch, kernel, stride, size_out, params, rf, jump))
+        ch, size = out_ch, size_out
+
+    def block(name, out_ch):
+        add(name, "conv", out_ch, kernel=3, params=9 * ch * out_ch)
+        if cfg.batchnorm:
+            add(name, "bn", out_ch, params=2 * out_ch)
+        add(name, "relu", out_ch)
+        if cfg.dropout:
+            add(name, "dropout", out_ch)
+
+    block("block1", w1)
+    block("block2", w2)
+    add("transition", "conv", w3, kernel=1, params=ch * w3)
+    add("pool", "maxpool", w3, kernel=2, stride=2)
+    block("block3", w4)
+    block("block4", w5)
+    block("block5", w6)
+    add("gap", "avgpool", w6, kernel=max(size, 1))
+    add("head", "conv", NUM_CLASSES, kernel=1, params=ch * NUM_CLASSES)
+    return rows
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Trainable parameters of the network for cfg, without building it."""
+    return sum(layer.params for layer in layer_plan(cfg))
+
+
+def receptive_fields(cfg: ModelConfig) -> list[tuple[str, int]]:
+    """(layer name, receptive field side in input pixels) for each conv and pooling layer."""
+    return [(f"{l.name} {l.kind}", l.receptive_field) for l in layer_plan(cfg) if l.kind in ("conv", "maxpool", "avgpool")]
+
+
+class Net(nn.Sequential):
+    """The layers of layer_plan as one flat Sequential, so the summary reads like the reference table."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.config = cfg
+        super().__init__(*(_module(layer, cfg) for layer in layer_plan(cfg)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).flatten(1)  # (B, 10, 1, 1) -> (B, 10) logits
+
+
+def _module(layer: Layer, cfg: ModelConfig) -> nn.Module:
+    if layer.kind == "conv":
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, bias=False)
+    if layer.kind == "bn":
+        return nn.BatchNorm2d(layer.out_channels)
+    if layer.kind == "relu":
+        return nn.ReLU()
+    if layer.kind == "dropout":
+        return nn.Dropout2d(cfg.dropout)
+    if layer.kind == "maxpool":
+        return nn.MaxPool2d(layer.kernel, layer.stride)
+    if layer.kind == "avgpool":
+        return nn.AvgPool2d(layer.kernel)
+    raise ValueError(f"unknown layer kind {layer.kind}")
+
+
+def build_model(cfg: ModelConfig | None = None) -> Net:
+    return Net(cfg or ModelConfig())
+
+
+def summary(cfg: ModelConfig | None = None, verbose: int = 0):
+    """torchinfo's summary of the network for one 28x28 image (a ModelStatistics object)."""
+    import torchinfo
+
+    model = build_model(cfg)
+    return torchinfo.summary(
+        model,
+        input_size=(1, 1, INPUT_SIZE, INPUT_SIZE),
+        col_names=("output_size", "num_params", "mult_adds"),
+        row_settings=("depth",),
+        depth=1,
+        verbose=verbose,
+        device="cpu",
+    )
+
+
+def summary_rows(cfg: ModelConfig | None = None) -> list[dict]:
+    """The summary as table rows: layer, output shape, parameters, multiply-adds per image."""
+    stats = summary(cfg)
+    rows = []
+    for info in stats.summary_list:
+        if info.depth != 1:
+            continue
+        rows.append(
+            {
+                "layer": f"{info.class_name}-{len(rows) + 1}",
+                "output shape": str([-1, *info.output_size[1:]]),
+                "params": info.num_params,
+                "mult-adds": info.macs,
+            }
+        )
+    return rows

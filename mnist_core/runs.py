@@ -1,0 +1,371 @@
+"""A run on disk: config, metrics, status, checkpoints and card, every file written atomically.
+
+    runs/<name>/
+      config.json     {"name", "created", "model": ModelConfig, "train": TrainConfig, ...}
+      metrics.jsonl   one JSON record per line, appended as training goes (see train.py)
+      status.json     {"status": running|finished|stopped|failed|interrupted, "pid", "reason", ...}
+      best.pt         checkpoint of the epoch with the best test accuracy
+      last.pt         checkpoint of the latest epoch (or of the moment of a stop)
+      card.md         TARGET / RESULTS / ANALYSIS, as in the reference experiment
+      STOP            present = please stop (written by whoever wants the run to stop)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mnist_core.config import ConfigError, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
+from mnist_core.model import Net, build_model, count_params
+
+RUNS_DIR = Path(os.environ.get("MNIST_LAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bundled.pt"
+CHECKPOINT_FORMAT = "mnist-lab-checkpoint/1"
+MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024  # a model of this family is ~50 KB; anything this big is not ours
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+STATUSES = ("running", "finished", "stopped", "failed", "interrupted")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable mnist-lab checkpoint; the message says why."""
+
+
+class RunError(ValueError):
+    """A run name or run directory that cannot be used."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files: write a temp file in the same directory, fsync, rename over the target.
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; run files are ordinary readable files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
+        return default
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: a dict of plain types and tensors, saved by torch.save, loaded with weights_only.
+
+
+def save_checkpoint(path: Path, model: Net, extra: dict | None = None) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"format": CHECKPOINT_FORMAT, "model_config": asdict(model.config), "state_dict": state, **(extra or {})}
+    ckpt["model_config"]["widths"] = list(model.config.widths)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path | bytes, device: str = "cpu") -> tuple[Net, dict]:
+    """(model in eval mode, checkpoint metadata). Never executes code from the file.
+
+    `path` may also be the raw bytes of an uploaded file.
+    """
+    name = "uploaded file" if isinstance(path, (bytes, bytearray)) else str(path)
+    if isinstance(path, (bytes, bytearray)):
+        data = bytes(path)
+    else:
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise CheckpointError(f"{name}: cannot read checkpoint ({e.strerror})") from None
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{name}: {size / 1e6:.1f} MB is too large for a checkpoint of this app")
+        data = Path(path).read_bytes()
+    if not data:
+        raise CheckpointError(f"{name}: file is empty, not a checkpoint")
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{name}: {len(data) / 1e6:.1f} MB is too large for a checkpoint of this app")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise CheckpointError(f"{name}: not a PyTorch checkpoint (not a torch.save archive); refusing to load it")
+    try:
+        # weights_only: the unpickler accepts tensors and plain containers only, never code
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it contains Python objects other than weights (possibly code), so it is refused"
+        raise CheckpointError(f"{name}: cannot load checkpoint: {reason[:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{name}: not an mnist-lab checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    try:
+        cfg = model_config_from_dict(ckpt["model_config"])
+        model = build_model(cfg)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (ConfigError, KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{name}: weights do not fit the architecture it names: {first[:200]}") from None
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict",)}
+    meta["model_config"] = cfg
+    return model.to(device), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def check_run_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise RunError(
+            f"run name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def new_run_name(runs_dir: Path, prefix: str = "run") -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{prefix}-{stamp}"
+    name, i = base, 2
+    while (Path(runs_dir) / name).exists():
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+@dataclass
+class Run:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- creation --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: str | None = None,
+               preset: str | None = None, target: str | None = None, parent: str | None = None) -> "Run":
+        """A new run directory; refuses a name that exists (mkdir is the lock against doubles)."""
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        name = check_run_name(name) if name else new_run_name(runs_dir)
+        path = runs_dir / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise RunError(f"run {name!r} already exists in {runs_dir}") from None
+        run = cls(path)
+        run.write_config(model_cfg, train_cfg, preset=preset, target=target, parent=parent)
+        return run
+
+    @classmethod
+    def at(cls, path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, **kw) -> "Run":
+        """A run in the directory `path`: new, or empty, or prepared with a config.json and no metrics."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} exists and is not a directory")
+        if path.is_dir() and (path / "metrics.jsonl").exists():
+            raise RunError(f"{path} already holds a run; choose a new --run-dir")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        run.write_config(model_cfg, train_cfg, **kw)
+        return run
+
+    def write_config(self, model_cfg, train_cfg, preset=None, target=None, parent=None) -> None:
+        old = read_json(self.path / "config.json", {}) or {}
+        atomic_write_json(
+            self.path / "config.json",
+            {
+                "name": self.name,
+                "created": old.get("created") or dt.datetime.now().isoformat(timespec="seconds"),
+                "preset": preset if preset is not None else old.get("preset"),
+                "target": target if target is not None else old.get("target"),
+                "parent": parent if parent is not None else old.get("parent"),
+                "params": count_params(model_cfg),
+                "model": {**asdict(model_cfg), "widths": list(model_cfg.widths)},
+                "train": asdict(train_cfg),
+            },
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return read_json(self.path / "config.json", {}) or {}
+
+    def model_config(self) -> ModelConfig:
+        return model_config_from_dict(self.config["model"])
+
+    def train_config(self) -> TrainConfig:
+        return train_config_from_dict(self.config["train"])
+
+    @property
+    def status(self) -> dict:
+        return read_json(self.path / "status.json", {}) or {}
+
+    def metrics(self) -> list[dict]:
+        """Every complete record; a truncated or garbled line (a crash mid-write) is skipped."""
+        records = []
+        try:
+            with open(self.path / "metrics.jsonl", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and "kind" in rec:
+                        records.append(rec)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        return records
+
+    def epochs(self) -> list[dict]:
+        return [r for r in self.metrics() if r["kind"] == "epoch"]
+
+    # -- writing during training -----------------------------------------------------------
+    def set_status(self, status: str, **extra) -> None:
+        assert status in STATUSES, status
+        now = dt.datetime.now().isoformat(timespec="seconds")
+        cur = self.status
+        cur.update(extra)
+        cur["status"] = status
+        cur["updated"] = now
+        if status == "running":
+            cur.setdefault("started", now)
+        else:
+            cur.setdefault("ended", now)
+        atomic_write_json(self.path / "status.json", cur)
+
+    def open_metrics(self):
+        """Append-mode writer: one JSON line per record, flushed as it happens."""
+        return open(self.path / "metrics.jsonl", "a", encoding="utf-8", buffering=1)
+
+    def request_stop(self) -> None:
+        (self.path / "STOP").touch()
+
+    def stop_requested(self) -> bool:
+        return (self.path / "STOP").exists()
+
+    def summary(self) -> dict:
+        """One row for the runs table, from whatever files are readable."""
+        cfg, status, epochs = self.config, self.status, self.epochs()
+        model = cfg.get("model") or {}
+        train = cfg.get("train") or {}
+        widths = model.get("widths")
+        return {
+            "name": self.name,
+            "created": cfg.get("created", ""),
+            "status": status.get("status", "unknown" if not epochs else "interrupted"),
+            "architecture": (
+                f"{'-'.join(map(str, widths))} {'BN' if model.get('batchnorm') else 'no BN'}" if widths else "?"
+            ),
+            "params": cfg.get("params"),
+            "best train acc": max((e["train_acc"] for e in epochs), default=None),
+            "best test acc": max((e["test_acc"] for e in epochs), default=None),
+            "epochs": f"{len(epochs)}/{train.get('epochs', '?')}",
+            "reason": status.get("reason", ""),
+        }
+
+
+def list_runs(runs_dir: Path = RUNS_DIR) -> list[Run]:
+    """Every run directory, newest first; hidden and stray files are ignored."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    runs = [Run(p) for p in runs_dir.iterdir() if p.is_dir() and NAME_RE.match(p.name)]
+    return sorted(runs, key=lambda r: (r.config.get("created", ""), r.name), reverse=True)
+
+
+def get_run(runs_dir: Path, name: str) -> Run:
+    path = Path(runs_dir) / check_run_name(name)
+    if not path.is_dir():
+        raise RunError(f"no run named {name!r} in {runs_dir}")
+    return Run(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training into a run directory
+
+
+def write_card(run: Run) -> None:
+    from mnist_core import card
+    from mnist_core.model import summary
+
+    cfg = run.config
+    try:
+        table = str(summary(run.model_config()))
+    except (ConfigError, KeyError):
+        table = ""
+    atomic_write_text(run.path / "card.md", card.render(cfg, run.epochs(), run.status.get("status", "unknown"), table))
+
+
+def execute(run: Run, data, progress=None, should_stop=None):
+    """Train the run's config on data, writing metrics, checkpoints, status and card as it goes.
+
+    progress(record) sees every record after it is written; should_stop() is polled every batch
+    along with the run's STOP file. Returns train.TrainResult. Any exception marks the run
+    failed, with the reason, and is raised again.
+    """
+    from mnist_core.train import train
+
+    model_cfg, train_cfg = run.model_config(), run.train_config()
+    (run.path / "STOP").unlink(missing_ok=True)
+    run.set_status("running", pid=os.getpid())
+    metrics = run.open_metrics()
+
+    def callback(record):
+        metrics.write(json.dumps(record) + "\n")
+        if progress:
+            progress(record)
+
+    def checkpoint(model, record, is_best):
+        extra = {"run": run.name, "epoch": record["epoch"], "test_acc": record.get("test_acc")}
+        save_checkpoint(run.path / "last.pt", model, extra)
+        if is_best:
+            save_checkpoint(run.path / "best.pt", model, extra)
+        write_card(run)
+
+    def stop():
+        return run.stop_requested() or bool(should_stop and should_stop())
+
+    try:
+        result = train(model_cfg, train_cfg, data, callback=callback, should_stop=stop, checkpoint=checkpoint)
+    except BaseException as e:
+        metrics.close()
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}".splitlines()[0]
+        run.set_status("failed", reason=reason[:300])
+        try:
+            write_card(run)
+        except OSError:
+            pass
+        raise
+    metrics.close()
+    run.set_status("stopped" if result.stopped else "finished", best_test_acc=result.best_test_acc, best_epoch=result.best_epoch)
+    write_card(run)
+    (run.path / "STOP").unlink(missing_ok=True)
+    return result
