@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 WIDTH_NAMES = ("block1", "block2", "transition", "block3", "block4", "block5")
-MAX_WIDTH = 256  # beyond this the "tiny CNN" is neither tiny nor trainable on a laptop
+MAX_WIDTH = 128  # beyond this the "tiny CNN" is neither tiny nor trainable on a laptop
 SCHEDULERS = ("none", "step", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -1,0 +1,143 @@
+"""Benchmark: the reference notebook's input pipeline against the core's, same model, same batch.
+
+Reference pipeline: torchvision MNIST with ToTensor + Normalize per image, through a DataLoader
+(batch 64, shuffled, no workers, as the notebook ran on a CPU), SGD 0.01/0.9.
+Core pipeline: mnist_core.train.train on the in-memory uint8 tensors, same model and batch.
+Both train the reference model for a fixed number of batches after a warm-up; images/s is timed
+over the batches after the warm-up only. Also timed: building a model + counting its parameters
+(what the Architecture page does per change) and one canvas prediction, preprocessing included.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.data import DATA_DIR, load_mnist, verify
+from mnist_core.model import build_model, count_params
+from mnist_core.train import train
+
+BATCH = 64
+
+
+def reference_pipeline(device: torch.device, warmup: int, batches: int) -> float:
+    """images/s of the notebook's loop: per-image transforms through a DataLoader."""
+    from torchvision import datasets, transforms
+
+    root = verify(DATA_DIR)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    dataset = datasets.MNIST(str(root), train=True, download=False, transform=tf)
+    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, **kwargs)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig()).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    t0 = None
+    for i, (x, y) in enumerate(loader):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        if i == warmup + batches:
+            break
+        x, y = x.to(device), y.to(device)
+        loss = F.nll_loss(F.log_softmax(model(x), dim=1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return batches * BATCH / (time.perf_counter() - t0)
+
+
+def core_pipeline(device: torch.device, warmup: int, batches: int, data) -> float:
+    """images/s of mnist_core.train.train on the same model and batch size."""
+    times = []
+    cfg = TrainConfig(epochs=1, batch_size=BATCH, limit_train=(warmup + batches + 1) * BATCH, device=device.type)
+
+    def on_record(r):
+        if r["kind"] == "batch":
+            times.append(time.perf_counter())  # the callback runs after the batch's .item() sync
+
+    train(ModelConfig(), cfg, data, callback=on_record, should_stop=lambda: len(times) >= warmup + batches + 1)
+    # times[k] = end of batch k+1; timed span covers batches warmup+1 .. warmup+batches
+    return batches * BATCH / (times[warmup + batches] - times[warmup])
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn, repeat: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def synthetic_drawing(size: int = 280) -> np.ndarray:
+    """An RGBA canvas with a thick '7' drawn on a transparent background, like the Draw page sends."""
+    img = np.zeros((size, size, 4), np.uint8)
+    s = size / 280
+    for t in np.linspace(0, 1, 200):
+        for cy, cx in ((60 + 0 * t, 70 + 140 * t), (60 + 170 * t, 210 - 90 * t)):
+            y, x = int(cy * s), int(cx * s)
+            r = int(9 * s)
+            img[max(0, y - r) : y + r, max(0, x - r) : x + r] = (255, 255, 255, 255)
+    return img
+
+
+def latency(repeat: int = 20) -> dict[str, float]:
+    from mnist_core.draw import predict
+    from mnist_core.runs import BUNDLED_CHECKPOINT, load_checkpoint
+
+    def build_and_count():
+        cfg = ModelConfig(widths=(10, 14, 10, 14, 16, 20))
+        build_model(cfg)
+        count_params(cfg)
+
+    out = {"model build + param count": _median_ms(build_and_count, repeat)}
+    try:
+        model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
+    except Exception:
+        model = build_model(ModelConfig()).eval()  # timing is the same for untrained weights
+    drawing = synthetic_drawing()
+    out["canvas prediction (preprocess + forward)"] = _median_ms(lambda: predict(model, drawing), repeat)
+    return out
+
+
+def run_bench(quick: bool = False, batches: int | None = None, device: str = "auto", print_fn=print) -> dict:
+    warmup = 5 if quick else 20
+    batches = batches or (30 if quick else 200)
+    repeats = 1 if quick else 3
+    devices = [torch.device("cpu")]
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    print_fn(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; reference model, batch {BATCH}")
+    print_fn(f"{warmup} warm-up + {batches} timed batches per pipeline, median of {repeats}")
+    data = load_mnist()
+    results = {}
+    for dev in devices:
+        ref, core = [], []
+        for _ in range(repeats):  # interleaved, so a noisy moment hits both
+            ref.append(reference_pipeline(dev, warmup, batches))
+            core.append(core_pipeline(dev, warmup, batches, data))
+        r, c = statistics.median(ref), statistics.median(core)
+        name = dev.type if dev.type == "cpu" else f"cuda ({torch.cuda.get_device_name(dev)})"
+        print_fn(f"[{name}] reference pipeline: {r:,.0f} images/s")
+        print_fn(f"[{name}] core pipeline:      {c:,.0f} images/s")
+        print_fn(f"[{name}] speedup: {c / r:.1f}x")
+        results[dev.type] = {"reference": r, "core": c, "speedup": c / r}
+    for label, ms in latency(5 if quick else 50).items():
+        print_fn(f"{label}: {ms:.2f} ms")
+        results[label] = ms
+    print_fn(f"speedup: {results['cpu']['speedup']:.1f}x")
+    return results

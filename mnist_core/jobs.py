@@ -1,0 +1,157 @@
+"""Start, stop and watch trainings that run outside the Streamlit script.
+
+Why a subprocess and not a thread: a training is `python -m mnist_core train --from-run` on a
+prepared run directory, in its own process session. A rerun, a page switch, a closed tab or a
+restarted app server cannot kill or duplicate it; a crash in it (an exception, out of memory,
+kill -9) cannot take the app down; and everything the app shows comes from the run directory,
+so a restarted app picks the run up where it is.
+
+One training at a time per runs folder: `start` takes an exclusive flock on `runs/.train.lock`
+and hands the locked file to the child, which holds it for as long as it lives. The kernel drops
+the lock when the child ends, however it ends, so the lock can never go stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.runs import Run, RunError, list_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK_NAME = ".train.lock"
+
+_children: dict[int, subprocess.Popen] = {}  # pid -> process started by this app process
+
+
+class Busy(RuntimeError):
+    """A training is already running in this runs folder."""
+
+
+def active(runs_dir: Path) -> str | None:
+    """Name of the run that holds the training lock, or None when no training runs."""
+    lock = Path(runs_dir) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return lock.read_text().strip() or "?"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def start(runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: str | None = None,
+          target: str | None = None, preset: str | None = None, parent: str | None = None) -> Run:
+    """Create a run and start its training process; raises Busy if one is running."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
+        run = Run.create(runs_dir, model_cfg, train_cfg, name=name, target=target, preset=preset, parent=parent)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, run.name.encode(), 0)
+        with open(run.path / "train.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mnist_core", "train", "--from-run", "--run-dir", str(run.path), "--quiet"],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                pass_fds=(fd,), start_new_session=True,  # survives the app; holds the lock
+            )
+        run.set_status("running", pid=proc.pid)
+        _children[proc.pid] = proc
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap it, so it never lingers as a zombie
+        return run
+    finally:
+        os.close(fd)  # the child's inherited copy keeps the lock
+
+
+def stop(run: Run) -> None:
+    """Ask a running training to stop; it finishes the batch, saves last.pt and marks itself stopped."""
+    run.request_stop()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    proc = _children.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie, or a recycled pid that is not a training, does not count
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (not Linux): trust the signal check
+    return stat.split(")")[-1].split()[0] != "Z" and b"mnist_core" in cmdline
+
+
+def refresh(run: Run) -> str:
+    """The run's status, after marking a 'running' run whose process is gone as failed or interrupted."""
+    status = run.status
+    state = status.get("status", "unknown")
+    if state != "running" or pid_alive(status.get("pid")):
+        return state
+    status = run.status  # re-read: the process may have written its final status meanwhile
+    if status.get("status") != "running":
+        return status.get("status", "unknown")
+    proc = _children.get(status.get("pid"))
+    code = proc.returncode if proc is not None else None
+    if code is not None and code < 0:
+        reason = f"the training process was killed by signal {-code} ({signal.Signals(-code).name})"
+        run.set_status("failed", reason=reason)
+    elif code is not None and code != 0:
+        run.set_status("failed", reason=f"the training process exited with code {code}: {_last_log_line(run)}")
+    else:
+        epochs = len(run.epochs())
+        run.set_status("interrupted", reason=f"the training process ended without a final status after {epochs} epoch(s)")
+    try:
+        from mnist_core.runs import write_card
+
+        write_card(run)
+    except OSError:
+        pass
+    return run.status.get("status", "unknown")
+
+
+def refresh_all(runs_dir: Path) -> list[Run]:
+    runs = list_runs(runs_dir)
+    for run in runs:
+        refresh(run)
+    return runs
+
+
+def _last_log_line(run: Run) -> str:
+    try:
+        lines = [l for l in (run.path / "train.log").read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:200] if lines else "no output"
+
+
+def delete(run: Run) -> None:
+    """Remove a run directory; refuses a run that is still training."""
+    import shutil
+
+    if refresh(run) == "running":
+        raise RunError(f"run {run.name!r} is still training: stop it first")
+    shutil.rmtree(run.path)

@@ -1,0 +1,151 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_core.__main__ import main
+from mnist_core.model import build_model
+from mnist_core.config import ModelConfig
+from mnist_core.runs import BUNDLED_CHECKPOINT, save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_summary_prints_reference_total(capsys):
+    code, out, _ = run_cli(capsys, "summary")
+    assert code == 0 and "Total params: 9,596" in out
+    code, out, _ = run_cli(capsys, "summary", "--no-bn")
+    assert "Total params: 9,424" in out
+    code, out, _ = run_cli(capsys, "summary", "--widths", "8,8,8,8,8,8", "--dropout", "0.1")
+    assert code == 0 and "Dropout2d" in out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["summary", "--widths", "12,16,x,12,16,30"], "widths must be 6 whole numbers"),
+        (["summary", "--widths", "12,16,10"], "expected 6 values"),
+        (["summary", "--widths", "12,16,0,12,16,30"], "transition is 0"),
+        (["summary", "--widths", "12,16,10,12,16,9999"], "block5 is 9999"),
+        (["summary", "--dropout", "1.5"], "dropout is 1.5"),
+        (["summary", "--dropout", "abc"], "invalid float value"),
+        (["train", "--epochs", "0"], "epochs is 0"),
+        (["train", "--epochs", "-4"], "epochs is -4"),
+        (["train", "--lr", "0"], "lr is 0"),
+        (["train", "--lr", "-0.1"], "lr is -0.1"),
+        (["train", "--batch-size", "0"], "batch-size is 0"),
+        (["train", "--batch-size", "600", "--limit-train", "500"], "larger than the training set"),
+        (["train", "--device", "tpu"], "device 'tpu' is unknown"),
+        (["train", "--scheduler", "cosine"], "invalid choice"),
+        (["train", "--preset", "huge"], "preset 'huge' is unknown"),
+        (["train", "--limit-train", "ten"], "expected a whole number"),
+        (["train", "--name", "../../etc"], "run name"),
+        (["bogus"], "invalid choice"),
+        ([], "required"),
+        (["predict", "--checkpoint", "/nonexistent.pt", "x.png"], "cannot read checkpoint"),
+        (["bench", "--batches", "0"], "--batches is 0"),
+    ],
+)
+def test_every_error_path_is_one_line_exit_2(capsys, args, needle):
+    code, _, err = run_cli(capsys, *args)
+    assert_one_error_line(code, err, needle)
+
+
+def test_cuda_without_gpu_is_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run_cli(capsys, "train", "--device", "cuda", "--epochs", "1")
+    assert_one_error_line(code, err, "no CUDA GPU")
+
+
+def test_predict_errors(capsys, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("L", (60, 60), 255).save(blank)
+    notimg = tmp_path / "notes.png"
+    notimg.write_text("not an image")
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"")
+    for args, needle in [
+        (["predict", str(blank)], "empty"),
+        (["predict", str(notimg)], "not a readable image"),
+        (["predict", str(tmp_path / "missing.png")], "no such file"),
+        (["predict", "--checkpoint", str(bad_ckpt), str(blank)], "empty"),
+    ]:
+        code, out, err = run_cli(capsys, *args)
+        assert_one_error_line(code, err, needle)
+        assert out == ""
+
+
+def digit_image(mnist, index, path, size=120, dark_on_light=True, margin=40):
+    """A test-set digit as a larger image file, on a bigger field, like a photo of a digit."""
+    d = mnist.test_x[index].numpy()
+    img = Image.fromarray(d).resize((size, size), Image.BILINEAR)
+    field = Image.new("L", (size + 2 * margin, size + margin), 0)
+    field.paste(img, (margin + 15, margin // 3))  # off-centre
+    a = np.asarray(field)
+    if dark_on_light:
+        a = 255 - a
+    Image.fromarray(a).save(path)
+    return int(mnist.test_y[index])
+
+
+def test_predict_reads_digit_files_with_bundled_model(capsys, tmp_path, mnist):
+    paths, labels = [], []
+    for i, dark in zip(range(8), [True, False] * 4):
+        p = tmp_path / f"digit{i}.png"
+        labels.append(digit_image(mnist, i, p, dark_on_light=dark))
+        paths.append(str(p))
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(BUNDLED_CHECKPOINT), *paths)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 8
+    correct = 0
+    for line, path, label in zip(lines, paths, labels):
+        assert line.startswith(f"{path}: ")
+        head = line.split(": ", 1)[1]
+        assert "%" in head and "; then " in head
+        correct += int(head.split()[0]) == label
+    assert correct >= 7
+
+
+def test_train_cli_writes_run_and_prints_reference_lines(capsys, tmp_path):
+    run_dir = tmp_path / "cli-run"
+    code, out, err = run_cli(
+        capsys, "train", "--epochs", "1", "--limit-train", "640", "--limit-test", "500", "--run-dir", str(run_dir),
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "Test set: Average loss: " in out and "/500 (" in out
+    assert out.strip().splitlines()[-1] == str(run_dir)
+    assert (run_dir / "card.md").exists() and (run_dir / "best.pt").exists()
+    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--run-dir", str(run_dir))
+    assert_one_error_line(code, err, "already holds a run")
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "mnist_core", "summary", "--widths", "1,2,3,4,5,-6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: width of block5 is -6: a layer needs at least 1 channel"
+    assert "Traceback" not in p.stderr
