@@ -1,0 +1,28 @@
+"""mnist-lab: design, train and try tiny CNNs on MNIST.  Run with `streamlit run app.py`."""
+
+import streamlit as st
+
+st.set_page_config(page_title="mnist-lab", page_icon="🔢", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/architecture.py", title="Architecture", icon="🧱"),
+    st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/draw.py", title="Draw", icon="✏️"),
+    st.Page("pages/runs.py", title="Runs", icon="📊"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.markdown("### mnist-lab")
+    st.caption(
+        "Design a tiny CNN, train it on MNIST, read its curves, draw digits for it. "
+        "Start on **Architecture**, then **Train**; **Draw** works at once with the bundled model."
+    )
+    from pages.common import active_run_name
+
+    name = active_run_name()
+    if name:
+        st.info(f"Training **{name}** in the background.", icon="⏳")
+
+page.run()

@@ -1,0 +1,102 @@
+import pandas as pd
+import streamlit as st
+
+from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig
+from mnist_core.model import layer_plan, summary_rows
+from pages.common import choose_model, chosen_model
+
+WIDGETS = [f"arch_w{i}" for i in range(6)]
+LABELS = {
+    "block1": "Block 1 (3x3 conv)", "block2": "Block 2 (3x3 conv)", "transition": "Transition (1x1 conv)",
+    "block3": "Block 3 (3x3 conv, after pool)", "block4": "Block 4 (3x3 conv)", "block5": "Block 5 (3x3 conv)",
+}
+
+
+def set_widgets(cfg: ModelConfig) -> None:
+    for key, w in zip(WIDGETS, cfg.widths):
+        st.session_state[key] = w
+    st.session_state.arch_bn = cfg.batchnorm
+    st.session_state.arch_dropout = float(cfg.dropout)
+    st.session_state.arch_text = ",".join(map(str, cfg.widths))
+    st.session_state.arch_error = None
+
+
+def on_preset():
+    set_widgets(PRESETS[st.session_state.arch_preset].model)
+
+
+def on_slider():
+    st.session_state.arch_text = ",".join(str(st.session_state[k]) for k in WIDGETS)
+    st.session_state.arch_error = None
+
+
+def on_text():
+    text = st.session_state.arch_text
+    try:
+        widths = tuple(int(p) for p in text.replace(" ", "").split(","))
+    except ValueError:
+        st.session_state.arch_error = f"widths must be 6 whole numbers separated by commas, got {text!r}"
+        return
+    try:
+        cfg = ModelConfig(widths=widths, batchnorm=st.session_state.arch_bn, dropout=st.session_state.arch_dropout)
+    except ConfigError as e:
+        st.session_state.arch_error = str(e)
+        return
+    set_widgets(cfg)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def table(widths: tuple, batchnorm: bool, dropout: float) -> tuple[pd.DataFrame, int]:
+    cfg = ModelConfig(widths=widths, batchnorm=batchnorm, dropout=dropout)
+    rows = summary_rows(cfg)
+    for row, layer in zip(rows, layer_plan(cfg)):
+        row["receptive field"] = f"{layer.receptive_field}x{layer.receptive_field}"
+        row["block"] = layer.name
+    df = pd.DataFrame(rows)[["layer", "block", "output shape", "params", "receptive field", "mult-adds"]]
+    return df, int(df["mult-adds"].sum())
+
+
+st.title("Architecture")
+st.caption("Every change updates the parameter count, the layer table and the receptive field. The Train page trains this model.")
+
+current = chosen_model()
+if "arch_w0" not in st.session_state:  # first visit, or back from another page
+    set_widgets(current)
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    st.selectbox("Preset", list(PRESETS), key="arch_preset", index=None, placeholder="Load a preset...", on_change=on_preset)
+    st.checkbox("BatchNorm", key="arch_bn", help="Conv-BN-ReLU blocks; off gives Conv-ReLU")
+    for key, name in zip(WIDGETS, WIDTH_NAMES):
+        st.slider(LABELS[name], 1, MAX_WIDTH, key=key, on_change=on_slider)
+    st.slider("Dropout", 0.0, 0.5, step=0.01, key="arch_dropout", help="Dropout2d after every ReLU; 0 = off")
+    st.text_input("Widths (type them exactly)", key="arch_text", on_change=on_text, help="six numbers, e.g. 12,16,10,12,16,30")
+    budget = st.number_input("Parameter budget", min_value=100, max_value=10_000_000, value=10_000, step=500)
+
+error = st.session_state.get("arch_error")
+try:
+    cfg = ModelConfig(
+        widths=tuple(st.session_state[k] for k in WIDGETS), batchnorm=st.session_state.arch_bn,
+        dropout=st.session_state.arch_dropout,
+    )
+    choose_model(cfg)
+except ConfigError as e:
+    error, cfg = str(e), current
+
+with right:
+    if error:
+        st.error(f"{error}. Showing the last valid model.", icon="🚫")
+    df, macs = table(cfg.widths, cfg.batchnorm, float(cfg.dropout))
+    total = int(df["params"].sum())
+    st.subheader(f"Total params: {total:,}")
+    ratio = total / budget
+    st.progress(min(ratio, 1.0), text=f"{ratio:.0%} of the {budget:,}-parameter budget")
+    if total <= budget:
+        st.success(f"Within budget: {budget - total:,} parameters to spare.", icon="✅")
+    else:
+        st.warning(f"Over budget by {total - budget:,} parameters.", icon="⚠️")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Model", cfg.describe())
+    c2.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M")
+    c3.metric("Receptive field of the output", f"{layer_plan(cfg)[-1].receptive_field}x{layer_plan(cfg)[-1].receptive_field}")
+    st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760))

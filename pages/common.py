@@ -1,0 +1,123 @@
+"""What the pages share: the chosen architecture, cached models and run data, the charts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from mnist_core import jobs
+from mnist_core.config import ModelConfig, get_preset
+from mnist_core.runs import BUNDLED_CHECKPOINT, RUNS_DIR, CheckpointError, Run, list_runs, load_checkpoint
+
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("MNIST_LAB_RUNS", RUNS_DIR))
+
+
+def active_run_name() -> str | None:
+    return jobs.active(runs_dir())
+
+
+# -- the architecture chosen on the Architecture page, trained by the Train page -------------
+
+
+def chosen_model() -> ModelConfig:
+    if "model_cfg" not in st.session_state:
+        st.session_state.model_cfg = asdict(get_preset("reference").model)
+    d = st.session_state.model_cfg
+    return ModelConfig(widths=tuple(d["widths"]), batchnorm=d["batchnorm"], dropout=d["dropout"])
+
+
+def choose_model(cfg: ModelConfig) -> None:
+    st.session_state.model_cfg = asdict(cfg)
+
+
+# -- cached loading ----------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _load_model(path: str, mtime: float):
+    return load_checkpoint(Path(path))
+
+
+def load_model(path: Path):
+    """(model, meta) from a checkpoint, loaded once per file version."""
+    return _load_model(str(path), Path(path).stat().st_mtime)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _metrics(path: str, size: int, mtime: float) -> list[dict]:
+    return Run(Path(path)).metrics()
+
+
+def metrics(run: Run) -> list[dict]:
+    """The run's records, re-read only when metrics.jsonl changed."""
+    f = run.path / "metrics.jsonl"
+    try:
+        st_ = f.stat()
+    except OSError:
+        return []
+    return _metrics(str(run.path), st_.st_size, st_.st_mtime)
+
+
+def model_choices() -> dict[str, Path]:
+    """Label -> checkpoint: the bundled model and the best checkpoint of every run that has one."""
+    choices = {}
+    if BUNDLED_CHECKPOINT.exists():
+        _, meta = load_model(BUNDLED_CHECKPOINT)
+        choices[f"bundled model ({meta['model_config'].describe()}, {meta.get('test_acc', 0):.2f}%)"] = BUNDLED_CHECKPOINT
+    for run in list_runs(runs_dir()):
+        ckpt = run.path / "best.pt"
+        if ckpt.exists():
+            s = run.summary()
+            acc = f", {s['best test acc']:.2f}%" if s["best test acc"] is not None else ""
+            choices[f"{run.name} ({s['architecture']}{acc}, {s['status']})"] = ckpt
+    return choices
+
+
+def try_load(path: Path):
+    try:
+        return load_model(path)
+    except (CheckpointError, OSError) as e:
+        st.error(str(e))
+        return None, None
+
+
+# -- charts ------------------------------------------------------------------------------------
+
+COLORS = ["#2f6fdf", "#e4572e", "#29a35a", "#9b59b6", "#f2a93b", "#17becf", "#8c564b", "#e377c2"]
+
+
+def curves_figure(series: dict[str, list[dict]], what: str) -> go.Figure:
+    """Per-epoch curves of several runs: what = 'loss' or 'acc'; train dashed, test solid."""
+    fig = go.Figure()
+    for i, (name, epochs) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        x = [e["epoch"] for e in epochs]
+        for split, dash in (("train", "dash"), ("test", "solid")):
+            fig.add_scatter(
+                x=x, y=[e[f"{split}_{what}"] for e in epochs], mode="lines+markers",
+                name=f"{name} {split}" if len(series) > 1 else split, line=dict(color=color, dash=dash),
+            )
+    fig.update_layout(
+        title="Loss per epoch" if what == "loss" else "Accuracy per epoch (%)",
+        xaxis_title="epoch", yaxis_title="loss" if what == "loss" else "accuracy %",
+        height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def batch_loss_figure(batches: list[dict], max_points: int = 2000) -> go.Figure:
+    stride = max(1, len(batches) // max_points)
+    pts = batches[::stride]
+    fig = go.Figure(go.Scatter(x=[b["step"] for b in pts], y=[b["loss"] for b in pts], mode="lines", name="batch loss"))
+    fig.update_layout(
+        title="Training loss per batch", xaxis_title="step", yaxis_title="loss", yaxis_type="log",
+        height=280, margin=dict(l=10, r=10, t=40, b=10),
+    )
+    return fig

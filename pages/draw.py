@@ -1,0 +1,55 @@
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from streamlit_drawable_canvas import st_canvas
+
+from mnist_core.draw import EmptyDrawing, predict
+from pages.common import model_choices, try_load
+
+st.title("Draw")
+st.caption("Draw a digit with the mouse (or a finger). It is cropped, scaled to 20x20 and centred by its "
+           "centre of mass in 28x28, the way MNIST digits were made, before the model reads it.")
+
+choices = model_choices()
+if not choices:
+    st.error("No model available: the bundled checkpoint is missing and no run has finished yet.")
+    st.stop()
+
+if "canvas_n" not in st.session_state:
+    st.session_state.canvas_n = 0
+
+left, right = st.columns([1, 1], gap="large")
+with left:
+    label = st.selectbox("Model", list(choices), key="draw_model")
+    stroke = st.slider("Stroke width", 5, 40, 20, key="draw_stroke")
+    result = st_canvas(
+        stroke_width=stroke, stroke_color="#FFFFFF", background_color="#000000",
+        height=280, width=280, drawing_mode="freedraw", return_image_data=True,
+        key=f"canvas_{st.session_state.canvas_n}",
+    )
+    if st.button("Clear"):
+        st.session_state.canvas_n += 1  # a new key gives a fresh, empty canvas
+        st.rerun()
+
+model, meta = try_load(choices[label])
+with right:
+    image = None if result is None else result.image_data
+    if model is None:
+        st.stop()
+    if image is None:
+        st.info("Draw a digit on the black square.", icon="✏️")
+        st.stop()
+    try:
+        digit, probs, pre = predict(model, np.asarray(image))
+    except EmptyDrawing:
+        st.info("Draw a digit on the black square.", icon="✏️")
+        st.stop()
+    st.subheader(f"Prediction: {digit}")
+    st.markdown(f"Confidence **{100 * probs[digit]:.1f}%**")
+    fig = go.Figure(go.Bar(x=[str(d) for d in range(10)], y=probs * 100,
+                           marker_color=["#2f6fdf" if d == digit else "#9bb7e8" for d in range(10)]))
+    fig.update_layout(title="Probability of each digit (%)", yaxis_range=[0, 100], height=280,
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis_title="digit")
+    st.plotly_chart(fig, key="probs")
+    st.markdown("**What the model sees** (28x28, after preprocessing)")
+    st.image((pre.final * 255).astype(np.uint8), width=168, clamp=True)

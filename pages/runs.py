@@ -1,0 +1,67 @@
+import pandas as pd
+import streamlit as st
+
+from mnist_core import jobs
+from mnist_core.runs import RunError
+from pages.common import curves_figure, metrics, runs_dir
+
+st.title("Runs")
+runs = jobs.refresh_all(runs_dir())
+if not runs:
+    st.info("No run yet. Train one on the **Train** page; it will be listed here with its card and curves.")
+    st.stop()
+
+rows = [r.summary() for r in runs]
+df = pd.DataFrame(rows)[["name", "created", "architecture", "params", "best train acc", "best test acc", "epochs", "status"]]
+st.dataframe(
+    df, hide_index=True, width="stretch",
+    column_config={
+        "best train acc": st.column_config.NumberColumn(format="%.2f"),
+        "best test acc": st.column_config.NumberColumn(format="%.2f"),
+    },
+)
+
+by_name = {r.name: r for r in runs}
+st.subheader("Compare")
+picked = st.multiselect("Runs to overlay", list(by_name), default=list(by_name)[:2], key="runs_compare")
+if picked:
+    series = {n: [e for e in metrics(by_name[n]) if e["kind"] == "epoch"] for n in picked}
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(curves_figure(series, "loss"), key="cmp_loss")
+    c2.plotly_chart(curves_figure(series, "acc"), key="cmp_acc")
+
+st.subheader("One run")
+name = st.selectbox("Run", list(by_name), key="runs_one")
+run = by_name[name]
+summary = run.summary()
+if summary["reason"]:
+    st.warning(summary["reason"])
+card = run.path / "card.md"
+c1, c2, c3 = st.columns([3, 1, 1])
+with c1:
+    if card.exists():
+        with st.container(border=True):
+            st.markdown(card.read_text(errors="replace"))
+    else:
+        st.info("This run has no card (it may have ended before its first epoch).")
+with c2:
+    for fname, label in (("best.pt", "Download best checkpoint"), ("last.pt", "Download last checkpoint"),
+                         ("card.md", "Download card")):
+        path = run.path / fname
+        if path.exists():
+            st.download_button(label, path.read_bytes(), file_name=f"{run.name}-{fname}", key=f"dl_{fname}")
+with c3:
+    if st.button("Delete run", key="del_ask"):
+        st.session_state.confirm_delete = run.name
+    if st.session_state.get("confirm_delete") == run.name:
+        st.warning(f"Delete **{run.name}** and all its files?")
+        if st.button("Yes, delete", type="primary", key="del_yes"):
+            try:
+                jobs.delete(run)
+                st.session_state.confirm_delete = None
+                st.rerun()
+            except RunError as e:
+                st.error(str(e))
+        if st.button("Cancel", key="del_no"):
+            st.session_state.confirm_delete = None
+            st.rerun()

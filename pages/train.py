@@ -1,0 +1,140 @@
+import time
+
+import streamlit as st
+
+from mnist_core import jobs
+from mnist_core.config import DEVICES, PRESETS, SCHEDULERS, ConfigError, TrainConfig
+from mnist_core.runs import Run, RunError, list_runs
+from mnist_core.train import resolve_device
+from pages.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir
+
+SIZES = {"all 60,000": None, "10,000": 10000, "5,000": 5000, "2,000": 2000, "1,000": 1000}
+FIELDS = ("epochs", "batch_size", "lr", "scheduler", "augment", "seed", "device")
+
+
+def set_hyper(cfg: TrainConfig) -> None:
+    for f in FIELDS:
+        st.session_state[f"tr_{f}"] = getattr(cfg, f)
+    size = {v: k for k, v in SIZES.items()}.get(cfg.limit_train)
+    st.session_state.tr_size = size or "all 60,000"
+
+
+def on_preset():
+    set_hyper(PRESETS[st.session_state.tr_preset].train)
+
+
+st.title("Train")
+model_cfg = chosen_model()
+st.caption(f"Model from the Architecture page: **{model_cfg.describe()}**. Training runs in the background; "
+           "you can leave this page or close the tab, and come back to it.")
+
+if "tr_epochs" not in st.session_state:
+    set_hyper(PRESETS["reference"].train)
+
+with st.expander("Settings", expanded=True):
+    st.selectbox("Load settings of a preset", list(PRESETS), index=None, key="tr_preset", on_change=on_preset,
+                 placeholder="reference, lean, quick...")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.number_input("Epochs", 1, 100, key="tr_epochs")
+    c2.selectbox("Batch size", [16, 32, 64, 128, 256, 512], key="tr_batch_size")
+    c3.number_input("Learning rate", min_value=0.0, max_value=10.0, step=0.005, format="%.4f", key="tr_lr",
+                    help="peak rate for OneCycle; must be above 0")
+    c4.selectbox("LR schedule", SCHEDULERS, key="tr_scheduler")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.slider("Augmentation (rotation degrees)", 0.0, 20.0, step=0.5, key="tr_augment",
+              help="random rotation up to this angle, with a matching small shift and scale; 0 = off")
+    c2.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
+    c3.selectbox("Device", DEVICES, key="tr_device")
+    c4.selectbox("Training images", list(SIZES), key="tr_size", help="a subset trains faster, for a quick try")
+    c1, c2 = st.columns([1, 3])
+    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
+    target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
+
+active = jobs.active(runs_dir())
+b1, b2, _ = st.columns([1, 1, 4])
+start = b1.button("Start training", type="primary", disabled=bool(active))
+stop = b2.button("Stop", disabled=not active)
+
+if start:
+    try:
+        cfg = TrainConfig(**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, limit_train=SIZES[st.session_state.tr_size])
+        resolve_device(cfg.device)
+        run = jobs.start(runs_dir(), model_cfg, cfg, name=run_name.strip() or None, target=target.strip() or None)
+        st.session_state.tr_run = run.name
+        active = run.name
+        st.toast(f"Started {run.name}")
+    except (ConfigError, RunError, jobs.Busy) as e:
+        st.error(str(e), icon="🚫")
+if stop and active:
+    jobs.stop(Run(runs_dir() / active))
+    st.toast(f"Asked {active} to stop; it saves its checkpoint after the current batch.")
+
+
+def shown_run() -> Run | None:
+    """The training in progress, else this session's last run, else the newest run."""
+    name = jobs.active(runs_dir()) or st.session_state.get("tr_run")
+    if name and (runs_dir() / name).is_dir():
+        return Run(runs_dir() / name)
+    runs = list_runs(runs_dir())
+    return runs[0] if runs else None
+
+
+@st.fragment(run_every=1.0)
+def live():
+    run = shown_run()
+    if run is None:
+        st.info("No run yet: choose settings and press **Start training**.")
+        return
+    status = jobs.refresh(run)
+    records = metrics(run)
+    batches = [r for r in records if r["kind"] == "batch"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    planned = run.config.get("train", {}).get("epochs", 1)
+    st.subheader(f"{run.name}: {status}")
+    if status == "running":
+        if batches:
+            b = batches[-1]
+            done = (b["epoch"] - 1) * b["batches"] + b["batch"]
+            total = planned * b["batches"]
+            rate = b["images_per_s"]
+            elapsed = time.time() - _started(run)
+            eta = elapsed / max(done, 1) * (total - done)
+            st.progress(done / total, text=(
+                f"epoch {b['epoch']}/{planned} · batch {b['batch']}/{b['batches']} · "
+                f"{rate:,.0f} images/s · ETA {eta // 60:.0f} min {eta % 60:02.0f} s"
+            ))
+        else:
+            st.progress(0.0, text="loading MNIST and building the model...")
+    elif run.status.get("reason"):
+        st.warning(run.status["reason"])
+    if epochs:
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(curves_figure({run.name: epochs}, "loss"), key="loss_curve")
+        c2.plotly_chart(curves_figure({run.name: epochs}, "acc"), key="acc_curve")
+        last = epochs[-1]
+        st.markdown(f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
+                    f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s")
+    if batches:
+        st.plotly_chart(batch_loss_figure(batches), key="batch_curve")
+    if status != "running":
+        card = run.path / "card.md"
+        if card.exists():
+            with st.container(border=True):
+                st.markdown(card.read_text())
+        if st.session_state.get("tr_was_running") == run.name:
+            st.session_state.tr_was_running = None
+            st.rerun()  # re-enable Start, disable Stop
+    else:
+        st.session_state.tr_was_running = run.name
+
+
+def _started(run: Run) -> float:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(run.status["started"]).timestamp()
+    except (KeyError, ValueError):
+        return time.time()
+
+
+live()
