@@ -27,6 +27,3 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: "e2e" in item.keywords)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: end-to-end test in a real browser")
-    os.environ.setdefault("PYTHONHASHSEED", "0")
