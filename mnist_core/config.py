@@ -76,6 +76,10 @@ class TrainConfig:
     limit_train: int | None = None  # use only the first N training images (quick tries)
     limit_test: int | None = None  # use only the first N test images
     eval_batch_size: int = 2000  # evaluation runs in large batches; no gradients
+    init_checkpoint: str | None = None  # start from these weights (resume, fine-tune)
+    start_epoch: int = 0  # epochs already done by the parent run: numbering continues after them
+    handwriting: str | None = None  # folder of the user's labelled drawings, added to the training set
+    handwriting_repeat: int = 20  # each drawing appears this many times per epoch (there are few)
 
     def __post_init__(self):
         self.validate()
@@ -102,6 +106,8 @@ class TrainConfig:
         whole("batch_size", 1, 60000)
         whole("eval_batch_size", 1, 100000)
         whole("step_size", 1)
+        whole("start_epoch", 0, 100000)
+        whole("handwriting_repeat", 1, 1000)
         whole("seed", 0, 2**63 - 1)
         number("lr", 0.0, 10.0, lo_open=True)
         number("momentum", 0.0, 1.0, hi_open=True)

@@ -128,3 +128,34 @@ def describe(p: np.ndarray, others: int = 2) -> str:
     head = f"{order[0]} ({100 * p[order[0]]:.1f}%)"
     rest = ", ".join(f"{d} ({100 * p[d]:.1f}%)" for d in order[1 : 1 + others])
     return f"{head}; then {rest}"
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    shrink = h < img.shape[0] or w < img.shape[1]
+    return F.interpolate(t, size=(h, w), mode="bilinear", antialias=shrink, align_corners=False)[0, 0].numpy()
+
+
+def steps(pre: Preprocessed) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Each preprocessing stage as (caption, stage image, the 28x28 input it would give the model).
+
+    Shows why each step matters: the raw canvas squeezed to 28x28, the crop stretched to fill it,
+    the 20x20 fit at the geometric centre, and the final centre-of-mass placement.
+    """
+    def as_input(img):
+        return np.clip(img / max(img.max(), 1e-6), 0, 1).astype(np.float32)
+
+    return [
+        ("raw canvas, squeezed to 28x28", pre.ink, as_input(_resize(pre.ink, 28, 28))),
+        ("ink crop, stretched to 28x28", pre.crop, as_input(_resize(pre.crop, 28, 28))),
+        ("fit in 20x20, geometric centre", pre.fitted, pre.centred),
+        ("centre of mass at the centre (final)", pre.final, pre.final),
+    ]
+
+
+def step_predictions(model, pre: Preprocessed) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(caption, stage image, 28x28 input, probabilities) for every stage of `steps`."""
+    stages = steps(pre)
+    batch = normalize(torch.from_numpy(np.stack([s[2] for s in stages])))  # (4, 1, 28, 28)
+    probs = probabilities(model, batch).numpy()
+    return [(c, img, x, p) for (c, img, x), p in zip(stages, probs)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -86,6 +87,32 @@ class TrainResult:
     best_epoch: int
 
 
+def initial_model(model_cfg: ModelConfig, checkpoint: str | None) -> Net:
+    """A fresh model, or the weights of `checkpoint`, which must be of the same architecture."""
+    if not checkpoint:
+        return build_model(model_cfg)
+    from mnist_core.runs import load_checkpoint
+
+    model, meta = load_checkpoint(Path(checkpoint))
+    if meta["model_config"] != model_cfg:
+        raise ConfigError(f"{checkpoint}: its architecture ({meta['model_config'].describe()}) "
+                          f"differs from the run's ({model_cfg.describe()})")
+    return model.train()
+
+
+def with_handwriting(data: MNIST, folder: str, repeat: int) -> MNIST:
+    """data with the user's drawings appended `repeat` times to the training split."""
+    from mnist_core.handwriting import load
+
+    x, y = load(Path(folder))
+    if len(x) == 0:
+        raise ConfigError(f"{folder}: no saved drawings to train on")
+    return MNIST(
+        torch.cat([data.train_x, x.repeat(repeat, 1, 1)]), torch.cat([data.train_y, y.repeat(repeat)]),
+        data.test_x, data.test_y,
+    )
+
+
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -100,6 +127,8 @@ def train(
     should_stop = should_stop or (lambda: False)
     device = resolve_device(cfg.device)
     data = data.limit(cfg.limit_train, cfg.limit_test)
+    if cfg.handwriting:
+        data = with_handwriting(data, cfg.handwriting, cfg.handwriting_repeat)
     if cfg.batch_size > len(data.train_x):
         raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set ({len(data.train_x)} images)")
     data = data.to(device)
@@ -107,14 +136,15 @@ def train(
     torch.manual_seed(cfg.seed)  # weight init
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling and augmentation
     if model is None:
-        model = build_model(model_cfg)
+        model = initial_model(model_cfg, cfg.init_checkpoint)
     model = model.to(device)
     n = len(data.train_x)
     batches = math.ceil(n / cfg.batch_size)
     opt, sched, sched_per_batch = make_optimizer(model, cfg, batches)
 
-    step, best_acc, best_epoch = 0, -1.0, 0
-    for epoch in range(1, cfg.epochs + 1):
+    step, best_acc, best_epoch = cfg.start_epoch * batches, -1.0, 0
+    first, last = cfg.start_epoch + 1, cfg.start_epoch + cfg.epochs  # a resumed run continues the numbering
+    for epoch in range(first, last + 1):
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=gen)
@@ -150,7 +180,7 @@ def train(
                 callback(record)
                 if checkpoint:
                     checkpoint(model, record, False)
-                return TrainResult(model, epoch - 1, True, max(best_acc, 0.0), best_epoch)
+                return TrainResult(model, epoch - first, True, max(best_acc, 0.0), best_epoch)
 
         lr = opt.param_groups[0]["lr"]  # the rate of this epoch's last step
         if sched is not None and not sched_per_batch:
@@ -158,7 +188,7 @@ def train(
         train_seconds = time.perf_counter() - t0
         test_loss, test_acc, test_correct = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size)
         record = {
-            "kind": "epoch", "epoch": epoch, "epochs": cfg.epochs,
+            "kind": "epoch", "epoch": epoch, "epochs": last,
             "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
             "test_loss": test_loss, "test_acc": test_acc,
             "test_correct": test_correct, "test_total": len(data.test_x),

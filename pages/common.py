@@ -45,8 +45,15 @@ def _load_model(path: str, mtime: float):
     return load_checkpoint(Path(path))
 
 
-def load_model(path: Path):
-    """(model, meta) from a checkpoint, loaded once per file version."""
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_model_bytes(data: bytes):
+    return load_checkpoint(data)
+
+
+def load_model(path: Path | bytes):
+    """(model, meta) from a checkpoint, loaded once per file version (or from an uploaded file's bytes)."""
+    if isinstance(path, bytes):
+        return _load_model_bytes(path)
     return _load_model(str(path), Path(path).stat().st_mtime)
 
 

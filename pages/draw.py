@@ -4,6 +4,7 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from mnist_core.draw import EmptyDrawing, predict
+from mnist_core.runs import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint
 from pages.common import model_choices, try_load
 
 st.title("Draw")
@@ -11,6 +12,7 @@ st.caption("Draw a digit with the mouse (or a finger). It is cropped, scaled to 
            "centre of mass in 28x28, the way MNIST digits were made, before the model reads it.")
 
 choices = model_choices()
+choices.update(st.session_state.get("draw_uploads", {}))  # checkpoints uploaded below: label -> bytes
 if not choices:
     st.error("No model available: the bundled checkpoint is missing and no run has finished yet.")
     st.stop()
@@ -21,6 +23,32 @@ if "canvas_n" not in st.session_state:
 left, right = st.columns([1, 1], gap="large")
 with left:
     label = st.selectbox("Model", list(choices), key="draw_model")
+
+    def take_upload():
+        """Check an uploaded checkpoint (never executing it); a good one becomes the chosen model."""
+        f = st.session_state.draw_upload
+        st.session_state.draw_upload_error = None
+        if f is None:
+            return
+        try:
+            _, meta = load_checkpoint(f.getvalue())
+        except CheckpointError as e:
+            st.session_state.draw_upload_error = f"{f.name}: {str(e).removeprefix('uploaded file: ')}"
+            return
+        name = f"uploaded {f.name} ({meta['model_config'].describe()})"
+        uploads = st.session_state.setdefault("draw_uploads", {})
+        uploads.pop(name, None)
+        uploads[name] = f.getvalue()
+        while len(uploads) > 4:  # keep a session's memory bounded
+            uploads.pop(next(iter(uploads)))
+        st.session_state.draw_model = name
+
+    st.file_uploader("Or upload a checkpoint (.pt)", type=["pt"], key="draw_upload", on_change=take_upload,
+                     max_upload_size=max(1, MAX_CHECKPOINT_BYTES // 2**20),
+                     help="an mnist-lab checkpoint, such as a best.pt downloaded from Runs; it is checked, "
+                          "and never run as code")
+    if st.session_state.get("draw_upload_error"):
+        st.error(st.session_state.draw_upload_error, icon="🚫")
     stroke = st.slider("Stroke width", 5, 40, 20, key="draw_stroke")
     result = st_canvas(
         stroke_width=stroke, stroke_color="#FFFFFF", background_color="#000000",
@@ -53,3 +81,8 @@ with right:
     st.plotly_chart(fig, key="probs")
     st.markdown("**What the model sees** (28x28, after preprocessing)")
     st.image((pre.final * 255).astype(np.uint8), width=168, clamp=True)
+
+st.divider()
+from pages import draw_insight  # noqa: E402  (the lower half: only with a drawing to explain)
+
+draw_insight.render(model, pre, digit, choices)

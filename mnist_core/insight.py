@@ -1,0 +1,159 @@
+"""Looking inside a trained model: test-set confusion, feature maps, filters, saliency, cost.
+
+Everything here is plain torch/numpy on a model and a tensor; the pages only draw the results.
+The test-set evaluation of a checkpoint is cached on disk next to it, keyed by the checkpoint's
+SHA-256, so it is computed once per checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnist_core.data import normalize
+from mnist_core.model import Net, layer_plan
+
+CACHE_FORMAT = "mnist-lab-eval/1"
+
+
+@dataclass
+class Evaluation:
+    probs: np.ndarray  # (N, 10) float32 softmax probabilities on the test set
+    labels: np.ndarray  # (N,) int64
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.labels).mean() * 100)
+
+    def confusion(self) -> np.ndarray:
+        """(10, 10) counts: row = true digit, column = predicted digit."""
+        m = np.zeros((10, 10), np.int64)
+        np.add.at(m, (self.labels, self.predicted), 1)
+        return m
+
+    def per_class_accuracy(self) -> np.ndarray:
+        m = self.confusion()
+        return 100 * np.diag(m) / np.maximum(m.sum(1), 1)
+
+    def cell(self, true: int, predicted: int) -> np.ndarray:
+        """Indices of the test images of one confusion-matrix cell, most confident first."""
+        idx = np.flatnonzero((self.labels == true) & (self.predicted == predicted))
+        return idx[np.argsort(-self.probs[idx, predicted])]
+
+
+@torch.no_grad()
+def evaluate_probs(model: Net, x: torch.Tensor, batch_size: int = 2000) -> np.ndarray:
+    model.eval()
+    out = [F.softmax(model(normalize(x[i : i + batch_size])), 1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cached_evaluation(checkpoint: Path, model: Net, test_x: torch.Tensor, test_y: torch.Tensor) -> Evaluation:
+    """The test-set evaluation of a checkpoint, from `<checkpoint>.eval` when it matches the file."""
+    from mnist_core.runs import atomic_write_bytes
+
+    checkpoint = Path(checkpoint)
+    cache = checkpoint.with_suffix(checkpoint.suffix + ".eval")
+    digest = file_sha256(checkpoint)
+    try:
+        c = torch.load(cache, map_location="cpu", weights_only=True)
+        if c.get("format") == CACHE_FORMAT and c.get("checkpoint_sha256") == digest and len(c["labels"]) == len(test_y):
+            return Evaluation(c["probs"].float().numpy(), c["labels"].numpy())
+    except (OSError, RuntimeError, ValueError, KeyError, AttributeError, EOFError):
+        pass  # missing or stale or damaged: compute again
+    ev = Evaluation(evaluate_probs(model, test_x), test_y.numpy())
+    buf = io.BytesIO()
+    torch.save(
+        {"format": CACHE_FORMAT, "checkpoint_sha256": digest,
+         "probs": torch.from_numpy(ev.probs).half(), "labels": torch.from_numpy(ev.labels)},
+        buf,
+    )
+    try:
+        atomic_write_bytes(cache, buf.getvalue())
+    except OSError:
+        pass  # read-only location (e.g. an installed bundled model): the result is still returned
+    return ev
+
+
+@torch.no_grad()
+def feature_maps(model: Net, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+    """(layer label, (C, H, W) activations) after each conv block's ReLU and the transition conv."""
+    model.eval()
+    plan = layer_plan(model.config)
+    out = []
+    h = x
+    for layer, module in zip(plan, model):
+        h = module(h)
+        if layer.kind == "relu" or (layer.name == "transition" and layer.kind == "conv"):
+            label = f"{layer.name}: {layer.out_channels} channels, {layer.out_size}x{layer.out_size}"
+            out.append((label, h[0].cpu().numpy()))
+    return out
+
+
+def first_filters(model: Net) -> np.ndarray:
+    """(C, 3, 3) weights of the first convolution."""
+    return model[0].weight.detach().cpu()[:, 0].numpy()
+
+
+def saliency(model: Net, x: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
+    """(|d logit / d input| as (28, 28) scaled to 0..1, the class it explains)."""
+    model.eval()
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    target = int(logits.argmax(1)) if target is None else target
+    logits[0, target].backward()
+    g = x.grad[0, 0].abs()
+    return (g / g.max().clamp(min=1e-12)).numpy(), target
+
+
+def tile(maps: np.ndarray, cols: int | None = None, pad: int = 1, scale_each: bool = True) -> np.ndarray:
+    """(C, H, W) -> one grey image (0..1) with the channels in a grid, for st.image."""
+    c, h, w = maps.shape
+    cols = cols or min(c, 8)
+    rows = -(-c // cols)
+    out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), np.float32)
+    for i in range(c):
+        m = maps[i].astype(np.float32)
+        if scale_each:
+            lo, hi = m.min(), m.max()
+            m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+        r, k = divmod(i, cols)
+        out[r * (h + pad) : r * (h + pad) + h, k * (w + pad) : k * (w + pad) + w] = m
+    return out
+
+
+def inference_ms(model: Net, repeat: int = 50) -> float:
+    """Median wall time of one single-image forward pass, in ms."""
+    model.eval()
+    x = torch.zeros(1, 1, 28, 28)
+    with torch.no_grad():
+        model(x)
+        samples = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            model(x)
+            samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def macs(cfg) -> int:
+    """Multiply-adds per image, as torchinfo counts them."""
+    from mnist_core.model import summary
+
+    return int(summary(cfg).total_mult_adds)

@@ -1,0 +1,146 @@
+"""The Draw page's lower half: inside the model, preprocessing step by step, several models on
+one drawing, and the user's own handwriting set (save, score, fine-tune)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from mnist_core import handwriting, insight, jobs
+from mnist_core.config import ConfigError, TrainConfig
+from mnist_core.draw import Preprocessed, probabilities, step_predictions
+from mnist_core.data import normalize
+from mnist_core.runs import RunError, list_runs
+from pages.common import load_model, runs_dir
+
+
+def grey(img: np.ndarray, size: int = 112) -> np.ndarray:
+    """0..1 float image -> uint8, enlarged with nearest-neighbour so pixels stay visible."""
+    a = np.clip(img, 0, 1)
+    k = max(1, size // max(a.shape))
+    return (np.kron(a, np.ones((k, k))) * 255).astype(np.uint8)
+
+
+def heatmap(z: np.ndarray, title: str, colorscale="Viridis", height=260) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, showscale=False))
+    fig.update_layout(title=title, height=height, margin=dict(l=5, r=5, t=35, b=5),
+                      yaxis=dict(autorange="reversed", scaleanchor="x", visible=False), xaxis=dict(visible=False))
+    return fig
+
+
+def inside_the_model(model, pre: Preprocessed) -> None:
+    maps = insight.feature_maps(model, pre.tensor)
+    sal, target = insight.saliency(model, pre.tensor)
+    c1, c2 = st.columns(2)
+    with c1:
+        fig = heatmap(pre.final, "Input (28x28)", "gray")
+        fig.add_trace(go.Heatmap(z=np.where(sal > 0.05, sal, np.nan), colorscale="Hot", opacity=0.6, showscale=False))
+        fig.update_layout(title=f"Saliency for '{target}' over the input")
+        st.plotly_chart(fig, key="saliency")
+        st.caption("Brighter = the pixels whose change would move the score of the predicted digit most "
+                   "(gradient of that logit with respect to the input).")
+    with c2:
+        filters = insight.first_filters(model)
+        st.plotly_chart(heatmap(insight.tile(filters, pad=1), f"First-layer filters ({len(filters)} of 3x3)", "RdBu"),
+                        key="filters")
+        st.caption("Each square is one 3x3 filter of block 1: red weights add, blue subtract.")
+    st.markdown("**Feature maps**: what each channel of each block responds to in your drawing (bright = active).")
+    for label, a in maps:
+        st.image(grey(insight.tile(a, cols=min(len(a), 16)), size=max(600, 40 * min(len(a), 16))), caption=label)
+
+
+def preprocessing_steps(model, pre: Preprocessed) -> None:
+    st.markdown("Each step of the MNIST-style preprocessing, and what the model would say if it were given "
+                "that step's image squeezed to 28x28.")
+    stages = step_predictions(model, pre)
+    cols = st.columns(len(stages))
+    for col, (caption, img, x, p) in zip(cols, stages):
+        with col:
+            st.image(grey(img, 140), caption=caption)
+            st.image(grey(x, 84), caption="28x28 input")
+            d = int(p.argmax())
+            st.markdown(f"→ **{d}** ({100 * p[d]:.1f}%)")
+
+
+def several_models(choices: dict, pre: Preprocessed) -> None:
+    picked = st.multiselect("Models", list(choices), default=list(choices)[: min(3, len(choices))], key="draw_many")
+    if not picked:
+        return
+    rows, fig = [], go.Figure()
+    for label in picked:
+        try:
+            model, meta = load_model(choices[label])
+        except Exception as e:  # a damaged checkpoint must not take the comparison down
+            st.error(f"{label}: {e}")
+            continue
+        p = probabilities(model, pre.tensor)[0].numpy()
+        d = int(p.argmax())
+        rows.append({"model": label, "prediction": d, "confidence %": round(100 * float(p[d]), 2),
+                     "second": int(np.argsort(-p)[1]), "params": sum(t.numel() for t in model.parameters())})
+        fig.add_bar(x=[str(i) for i in range(10)], y=100 * p, name=label[:40])
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    fig.update_layout(barmode="group", title="Probabilities (%)", height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.3))
+    st.plotly_chart(fig, key="many_probs")
+
+
+def your_handwriting(model, pre: Preprocessed, digit: int) -> None:
+    folder = handwriting.HANDWRITING_DIR
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        label = st.selectbox("This drawing is a", list(range(10)), index=digit, key="hw_label")
+        if st.button("Save to my handwriting set", key="hw_save"):
+            handwriting.save(pre.final, int(label), folder)
+            st.toast(f"Saved as a {label}.")
+    x, y = handwriting.load(folder)
+    with c2:
+        if len(x) == 0:
+            st.info("No saved drawings yet. Save a few of each digit, then see how the model does on them.")
+            return
+        p = probabilities(model, normalize(x)).numpy()
+        pred = p.argmax(1)
+        yy = y.numpy()
+        per = [{"digit": d, "drawings": int((yy == d).sum()),
+                "accuracy %": round(100 * float((pred[yy == d] == d).mean()), 1) if (yy == d).any() else None}
+               for d in range(10)]
+        st.markdown(f"**The chosen model on your {len(x)} drawings: {100 * float((pred == yy).mean()):.1f}%**")
+        st.dataframe(pd.DataFrame(per), hide_index=True, width="stretch", height=250)
+    parents = [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and r.status.get("status") != "running"]
+    if not parents:
+        st.caption("Fine-tuning starts from a run: train one first.")
+        return
+    with st.form("finetune"):
+        st.markdown("**Fine-tune a run on MNIST plus your drawings** (a new run, linked to its parent)")
+        parent = st.selectbox("Run", [r.name for r in parents])
+        epochs = st.number_input("Epochs", 1, 10, 2)
+        size = st.selectbox("MNIST images alongside", [10000, 60000, 2000], help="fewer is faster")
+        go_ = st.form_submit_button("Start fine-tuning")
+    if go_:
+        run = next(r for r in parents if r.name == parent)
+        base = run.train_config()
+        try:
+            cfg = TrainConfig(
+                epochs=int(epochs), batch_size=min(base.batch_size, 128), lr=0.01, momentum=base.momentum,
+                scheduler="none", augment=base.augment, seed=base.seed, device=base.device, limit_train=int(size),
+                init_checkpoint=str(run.path / "last.pt"), start_epoch=len(run.epochs()),
+                handwriting=str(folder), handwriting_repeat=20,
+            )
+            new = jobs.start(runs_dir(), run.model_config(), cfg, target="Fine-tune on MNIST plus my handwriting",
+                             parent=run.name)
+            st.success(f"Started {new.name}; follow it on the Train page.")
+        except (ConfigError, RunError, jobs.Busy) as e:
+            st.error(str(e))
+
+
+def render(model, pre: Preprocessed, digit: int, choices: dict) -> None:
+    tabs = st.tabs(["Inside the model", "Preprocessing step by step", "Compare models", "Your handwriting"])
+    with tabs[0]:
+        inside_the_model(model, pre)
+    with tabs[1]:
+        preprocessing_steps(model, pre)
+    with tabs[2]:
+        several_models(choices, pre)
+    with tabs[3]:
+        your_handwriting(model, pre, digit)
