@@ -65,3 +65,14 @@ with c3:
         if st.button("Cancel", key="del_no"):
             st.session_state.confirm_delete = None
             st.rerun()
+
+st.divider()
+from pages import runs_insight  # noqa: E402
+
+tab_cm, tab_ab, tab_more = st.tabs(["Confusion matrix and mistakes", "A/B comparison", "Continue and export"])
+with tab_cm:
+    runs_insight.confusion_section(run)
+with tab_ab:
+    runs_insight.ab_section(runs)
+with tab_more:
+    runs_insight.resume_and_export(run)

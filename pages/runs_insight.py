@@ -1,0 +1,152 @@
+"""The Runs page's deeper views: confusion matrix and mistakes, A/B comparison, resume and export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from mnist_core import insight, jobs
+from mnist_core.config import ConfigError, replace
+from mnist_core.runs import CheckpointError, Run, RunError
+from pages.common import curves_figure, load_model, metrics, runs_dir
+
+
+@st.cache_resource(show_spinner="Loading the MNIST test set...")
+def test_set():
+    from mnist_core.data import load_mnist
+
+    data = load_mnist()
+    return data.test_x, data.test_y
+
+
+def evaluation(ckpt) -> insight.Evaluation:
+    model, _ = load_model(ckpt)
+    x, y = test_set()
+    return insight.cached_evaluation(ckpt, model, x, y)
+
+
+def confusion_section(run: Run) -> None:
+    ckpt = run.path / "best.pt"
+    if not ckpt.exists():
+        st.info("This run has no checkpoint yet.")
+        return
+    try:
+        ev = evaluation(ckpt)
+    except (CheckpointError, OSError) as e:
+        st.error(str(e))
+        return
+    m = ev.confusion()
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    st.markdown(f"Test accuracy of `best.pt`: **{ev.accuracy:.2f}%**, {int(off.sum())} mistakes out of {len(ev.labels)}.")
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        text = [[str(v) if v else "" for v in row] for row in m]
+        z = np.log1p(off).astype(float)  # colour the mistakes; the diagonal would drown them
+        fig = go.Figure(go.Heatmap(
+            z=z, x=[str(i) for i in range(10)], y=[str(i) for i in range(10)], text=text, texttemplate="%{text}",
+            colorscale="Reds", showscale=False, hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+        ))
+        fig.update_layout(title="Confusion matrix (click a cell)", xaxis_title="predicted", yaxis_title="true",
+                          yaxis_autorange="reversed", height=430, margin=dict(l=10, r=10, t=40, b=10))
+        event = st.plotly_chart(fig, key=f"cm_{run.name}", on_select="rerun", selection_mode="points")
+    with c2:
+        per = ev.per_class_accuracy()
+        bar = go.Figure(go.Bar(x=[str(d) for d in range(10)], y=per, text=[f"{a:.1f}" for a in per],
+                               textposition="outside"))
+        bar.update_layout(title="Accuracy per digit (%)", yaxis_range=[max(0, per.min() - 2), 100.5], height=430,
+                          margin=dict(l=10, r=10, t=40, b=10), xaxis_title="digit")
+        st.plotly_chart(bar, key=f"per_{run.name}")
+
+    worst = sorted(((int(off[i, j]), i, j) for i in range(10) for j in range(10) if off[i, j]), reverse=True)
+    options = [f"true {i} → predicted {j} ({n})" for n, i, j in worst]
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if points:  # a click on the chart picks the cell
+        i, j = int(points[0]["y"]), int(points[0]["x"])
+        st.session_state[f"cell_{run.name}"] = next((o for o in options if o.startswith(f"true {i} → predicted {j} ")), None)
+    if not options:
+        st.success("No mistakes on the test set.")
+        return
+    choice = st.selectbox("Mistakes of one cell", options, key=f"cell_{run.name}")
+    if choice is None:
+        return
+    i, j = (int(s.split()[-1]) for s in choice.split(" (")[0].split(" → "))
+    idx = ev.cell(i, j)[:32]
+    x, _ = test_set()
+    st.caption(f"{len(ev.cell(i, j))} test images of {i} read as {j}, most confident first")
+    cols = st.columns(8)
+    for k, n in enumerate(idx):
+        p = ev.probs[n]
+        with cols[k % 8]:
+            st.image(np.kron(x[n].numpy(), np.ones((3, 3), np.uint8)), caption=f"#{n}: {j} {100 * p[j]:.0f}%, {i} {100 * p[i]:.0f}%")
+
+
+def ab_section(runs: list[Run]) -> None:
+    names = [r.name for r in runs]
+    if len(names) < 2:
+        st.info("A/B needs two runs.")
+        return
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("A", names, index=1 if len(names) > 1 else 0, key="ab_a")
+    b = c2.selectbox("B", names, index=0, key="ab_b")
+    ra, rb = (next(r for r in runs if r.name == n) for n in (a, b))
+    ca, cb = ra.config, rb.config
+    rows = []
+    for section in ("model", "train"):
+        keys = sorted(set(ca.get(section, {})) | set(cb.get(section, {})))
+        for k in keys:
+            va, vb = ca.get(section, {}).get(k), cb.get(section, {}).get(k)
+            rows.append({"setting": f"{section}.{k}", "A": str(va), "B": str(vb), "differs": va != vb})
+    sa, sb = ra.summary(), rb.summary()
+    for k in ("params", "best train acc", "best test acc", "epochs", "status"):
+        rows.append({"setting": k, "A": str(sa[k]), "B": str(sb[k]), "differs": sa[k] != sb[k]})
+    df = pd.DataFrame(rows)
+    differing = df[df.differs & df.setting.str.contains(r"\.")].setting.tolist()
+    st.markdown("Differs: " + (", ".join(f"**{d}**" for d in differing) if differing else "nothing in the settings"))
+    st.dataframe(
+        df.style.apply(lambda r: ["background-color: #fff3c4" if r.differs else ""] * len(r), axis=1),
+        hide_index=True, width="stretch", height=min(38 + 35 * len(df), 500),
+    )
+    series = {f"A {a}": [e for e in metrics(ra) if e["kind"] == "epoch"],
+              f"B {b}": [e for e in metrics(rb) if e["kind"] == "epoch"]}
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(curves_figure(series, "loss"), key="ab_loss")
+    c2.plotly_chart(curves_figure(series, "acc"), key="ab_acc")
+    c1, c2 = st.columns(2)
+    for col, r in ((c1, ra), (c2, rb)):
+        card = r.path / "card.md"
+        with col, st.container(border=True):
+            st.markdown(card.read_text(errors="replace") if card.exists() else "_no card_")
+
+
+def resume_and_export(run: Run) -> None:
+    from mnist_core.export import archive_bytes, torchscript_bytes
+
+    status = run.status.get("status")
+    last = run.path / "last.pt"
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Continue training** from the last checkpoint, as a new run linked to this one.")
+        more = st.number_input("More epochs", 1, 100, 5, key=f"more_{run.name}")
+        if st.button("Continue", key=f"resume_{run.name}", disabled=status == "running" or not last.exists()):
+            try:
+                base = run.train_config()
+                cfg = replace(base, epochs=int(more), init_checkpoint=str(last), start_epoch=len(run.epochs()))
+                new = jobs.start(runs_dir(), run.model_config(), cfg, target=f"Continue {run.name} for {more} epochs",
+                                 parent=run.name)
+                st.success(f"Started {new.name}; its epochs continue from {cfg.start_epoch}. See the Train page.")
+            except (ConfigError, RunError, jobs.Busy, KeyError) as e:
+                st.error(str(e))
+    with c2:
+        st.markdown("**Export** for use outside the app")
+        if not ((run.path / "best.pt").exists() or last.exists()):
+            st.caption("Nothing to export before the first checkpoint.")
+            return
+        # callables: the archive and the trace are built only when the button is pressed
+        st.download_button("Download run archive (.zip)", lambda: archive_bytes(run), file_name=f"{run.name}.zip",
+                           key=f"zip_{run.name}", on_click="ignore")
+        best = run.path / "best.pt" if (run.path / "best.pt").exists() else last
+        st.download_button("Download TorchScript model", lambda: torchscript_bytes(load_model(best)[0]),
+                           file_name=f"{run.name}.torchscript.pt", key=f"ts_{run.name}", on_click="ignore")
