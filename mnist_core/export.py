@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 
 import torch
@@ -16,10 +17,11 @@ def torchscript_bytes(model: Net) -> bytes:
     """The model traced to TorchScript: `torch.jit.load(f)(x)` gives logits (B, 10) for (B, 1, 28, 28)
     inputs normalised with mean 0.1307 and std 0.3081; no mnist-lab code needed to run it."""
     model = model.eval().cpu()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still the most portable
         traced = torch.jit.trace(model, torch.zeros(1, 1, 28, 28))
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
     return buf.getvalue()
 
 

@@ -20,11 +20,13 @@ arrives at 9,596 parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mnist_core.config import ModelConfig
+if TYPE_CHECKING:  # config.py calls layer_plan to validate; importing it here would be circular
+    from mnist_core.config import ModelConfig
 
 INPUT_SIZE = 28
 NUM_CLASSES = 10
@@ -121,6 +123,8 @@ def _module(layer: Layer, cfg: ModelConfig) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig | None = None) -> Net:
+    from mnist_core.config import ModelConfig
+
     return Net(cfg or ModelConfig())
 
 
@@ -129,6 +133,7 @@ def summary(cfg: ModelConfig | None = None, verbose: int = 0):
     import torchinfo
 
     model = build_model(cfg)
+    cfg = model.config
     return torchinfo.summary(
         model,
         input_size=(1, 1, INPUT_SIZE, INPUT_SIZE),
