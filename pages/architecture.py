@@ -2,7 +2,8 @@ import pandas as pd
 import streamlit as st
 
 from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig
-from mnist_core.model import layer_plan, summary_rows
+from mnist_core import insight
+from mnist_core.model import build_model, layer_plan, summary_rows
 from pages.common import choose_model, chosen_model
 
 WIDGETS = [f"arch_w{i}" for i in range(6)]
@@ -56,6 +57,12 @@ def table(widths: tuple, batchnorm: bool, dropout: float) -> tuple[pd.DataFrame,
     return df, int(df["mult-adds"].sum())
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def latency_ms(widths: tuple, batchnorm: bool, dropout: float) -> float:
+    """Measured time of one single-image forward pass on this machine's CPU (median of 20)."""
+    return insight.inference_ms(build_model(ModelConfig(widths=widths, batchnorm=batchnorm, dropout=dropout)), repeat=20)
+
+
 st.title("Architecture")
 st.caption("Every change updates the parameter count, the layer table and the receptive field. The Train page trains this model.")
 
@@ -95,8 +102,11 @@ with right:
         st.success(f"Within budget: {budget - total:,} parameters to spare.", icon="✅")
     else:
         st.warning(f"Over budget by {total - budget:,} parameters.", icon="⚠️")
-    c1, c2, c3 = st.columns(3)
+    rf = layer_plan(cfg)[-1].receptive_field
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric("Model", cfg.describe())
-    c2.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M")
-    c3.metric("Receptive field of the output", f"{layer_plan(cfg)[-1].receptive_field}x{layer_plan(cfg)[-1].receptive_field}")
+    c2.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M", help="as torchinfo counts them")
+    c3.metric("Inference, one image", f"{latency_ms(cfg.widths, cfg.batchnorm, float(cfg.dropout)):.2f} ms",
+              help="measured on this machine's CPU: median of 20 single-image forward passes")
+    c4.metric("Receptive field of the output", f"{rf}x{rf}")
     st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760))
