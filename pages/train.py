@@ -89,18 +89,21 @@ def live():
     records = metrics(run)
     batches = [r for r in records if r["kind"] == "batch"]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    planned = run.config.get("train", {}).get("epochs", 1)
+    train_cfg = run.config.get("train", {})
+    planned, offset = train_cfg.get("epochs", 1), train_cfg.get("start_epoch", 0)  # a resumed run numbers on
     st.subheader(f"{run.name}: {status}")
+    if run.config.get("parent"):
+        st.caption(f"continues from run {run.config['parent']}")
     if status == "running":
         if batches:
             b = batches[-1]
-            done = (b["epoch"] - 1) * b["batches"] + b["batch"]
+            done = (b["epoch"] - offset - 1) * b["batches"] + b["batch"]
             total = planned * b["batches"]
             rate = b["images_per_s"]
             elapsed = time.time() - _started(run)
             eta = elapsed / max(done, 1) * (total - done)
             st.progress(done / total, text=(
-                f"epoch {b['epoch']}/{planned} · batch {b['batch']}/{b['batches']} · "
+                f"epoch {b['epoch']}/{offset + planned} · batch {b['batch']}/{b['batches']} · "
                 f"{rate:,.0f} images/s · ETA {eta // 60:.0f} min {eta % 60:02.0f} s"
             ))
         else:
