@@ -116,6 +116,9 @@ def curves_figure(series: dict[str, list[dict]], what: str) -> go.Figure:
         xaxis_title="epoch", yaxis_title="loss" if what == "loss" else "accuracy %",
         height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25),
     )
+    longest = max((len(e) for e in series.values()), default=0)
+    if longest <= 20:
+        fig.update_xaxes(dtick=1)  # whole epochs only
     return fig
 
 
