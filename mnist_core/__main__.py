@@ -108,7 +108,7 @@ def cmd_summary(args) -> int:
 
 def cmd_train(args) -> int:
     from mnist_core.data import load_mnist
-    from mnist_core.runs import RUNS_DIR, Run, execute, read_json
+    from mnist_core.runs import RUNS_DIR, Run, check_run_name, execute, read_json
 
     if args.from_run:
         if args.run_dir is None:
@@ -117,7 +117,12 @@ def cmd_train(args) -> int:
         if cfg is None:
             raise UserError(f"{args.run_dir}: no readable config.json to train")
         run = Run(args.run_dir)
-        model_cfg, train_cfg = run.model_config(), run.train_config()
+        try:  # the app started this run and waits for its status: a failure here must land in it
+            run.model_config(), run.train_config()
+            data = load_mnist()
+        except Exception as e:
+            _mark_failed(run, e)
+            raise
     else:
         preset = get_preset(args.preset)
         model_cfg = model_config(args, preset.model)
@@ -134,12 +139,14 @@ def cmd_train(args) -> int:
         data_size = train_cfg.limit_train or 60000
         if train_cfg.batch_size > data_size:
             raise UserError(f"batch-size {train_cfg.batch_size} is larger than the training set ({data_size} images)")
+        if args.name and args.run_dir is None:
+            check_run_name(args.name)
+        data = load_mnist()  # verified before the run directory exists: bad data leaves nothing behind
         if args.run_dir is not None:
             run = Run.at(args.run_dir, model_cfg, train_cfg, preset=args.preset, target=args.target)
         else:
             run = Run.create(RUNS_DIR, model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
 
-    data = load_mnist()
     stop = {"requested": False}
 
     def on_signal(signum, frame):
@@ -155,6 +162,14 @@ def cmd_train(args) -> int:
     print(f"{state}: best test accuracy {result.best_test_acc:.2f}% (epoch {result.best_epoch})")
     print(run.path)
     return 0
+
+
+def _mark_failed(run, e: Exception) -> None:
+    """Record why a run the app started could not begin training (its status still says running)."""
+    try:
+        run.set_status("failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+    except OSError:
+        pass  # the disk is the problem; the app still sees the process end and marks the run
 
 
 class Progress:

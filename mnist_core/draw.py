@@ -44,6 +44,8 @@ def to_ink(image: np.ndarray) -> np.ndarray:
 
     Transparent images (a canvas): ink is the alpha channel. Opaque ones: the luminance, inverted
     when the background (the border's median) is light, so dark-on-light and light-on-dark agree.
+    An opaque RGBA image of one colour is the Draw page's canvas (white strokes on black) either
+    untouched or painted edge to edge: read as it is, so the painted one is all ink, not blank paper.
     """
     a = np.asarray(image)
     if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
@@ -56,6 +58,8 @@ def to_ink(image: np.ndarray) -> np.ndarray:
         if alpha.min() < 0.99:  # some transparency: what was drawn is what is opaque, any colour
             return np.clip(alpha, 0, 1)
         a = a[..., :3]
+        if np.ptp(a) < INK_THRESHOLD:
+            return a @ np.array([0.299, 0.587, 0.114], np.float32)
     if a.ndim == 3:
         a = a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if a.shape[2] == 3 else a[..., 0]
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])

@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,17 @@ def active(runs_dir: Path) -> str | None:
 
 def start(runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: str | None = None,
           target: str | None = None, preset: str | None = None, parent: str | None = None) -> Run:
-    """Create a run and start its training process; raises Busy if one is running."""
+    """Create a run and start its training process; raises Busy if one is running.
+
+    Settings that cannot train here (an unavailable device, a batch larger than the training
+    set) raise ConfigError before anything is written.
+    """
+    from mnist_core.train import resolve_device
+
+    resolve_device(train_cfg.device)
+    if train_cfg.batch_size > (train_cfg.limit_train or 60000):
+        raise ConfigError(f"batch-size {train_cfg.batch_size} is larger than the training set "
+                          f"({train_cfg.limit_train or 60000} images)")
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -117,20 +127,20 @@ def refresh(run: Run) -> str:
     proc = _children.get(status.get("pid"))
     code = proc.returncode if proc is not None else None
     if code is not None and code < 0:
-        reason = f"the training process was killed by signal {-code} ({signal.Signals(-code).name})"
-        run.set_status("failed", reason=reason)
+        state, reason = "failed", f"the training process was killed by signal {-code} ({signal.Signals(-code).name})"
     elif code is not None and code != 0:
-        run.set_status("failed", reason=f"the training process exited with code {code}: {_last_log_line(run)}")
+        state, reason = "failed", f"the training process exited with code {code}: {_last_log_line(run)}"
     else:
         epochs = len(run.epochs())
-        run.set_status("interrupted", reason=f"the training process ended without a final status after {epochs} epoch(s)")
-    try:
+        state, reason = "interrupted", f"the training process ended without a final status after {epochs} epoch(s)"
+    try:  # a full or read-only disk must not take the page down: the state is still known
         from mnist_core.runs import write_card
 
+        run.set_status(state, reason=reason)
         write_card(run)
     except OSError:
         pass
-    return run.status.get("status", "unknown")
+    return state
 
 
 def refresh_all(runs_dir: Path) -> list[Run]:

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,13 @@ CHECKPOINT_FORMAT = "mnist-lab-checkpoint/1"
 MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024  # a model of this family is ~50 KB; anything this big is not ours
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("running", "finished", "stopped", "failed", "interrupted")
+# the fields every record of a kind carries (train.py); a record without them is garbled and skipped
+RECORD_FIELDS = {
+    "batch": ("epoch", "batch", "batches", "step", "loss", "acc", "images_per_s"),
+    "epoch": ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_correct", "test_total", "lr",
+              "seconds", "images_per_s"),
+    "stopped": ("epoch", "batch", "step"),
+}
 
 
 class CheckpointError(ValueError):
@@ -57,11 +65,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # a failed write or fsync names no file; say which one (a full disk, say)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 
@@ -78,6 +89,17 @@ def read_json(path: Path, default=None):
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
         return default
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _well_formed(rec) -> bool:
+    if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
+        return False
+    return all(isinstance(rec.get(f), (int, float)) and not isinstance(rec.get(f), bool)
+               for f in RECORD_FIELDS.get(rec["kind"], ()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,20 +203,33 @@ class Run:
         except FileExistsError:
             raise RunError(f"run {name!r} already exists in {runs_dir}") from None
         run = cls(path)
-        run.write_config(model_cfg, train_cfg, preset=preset, target=target, parent=parent)
+        try:
+            run.write_config(model_cfg, train_cfg, preset=preset, target=target, parent=parent)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # a full disk, say: leave no half-made run behind
+            raise
         return run
 
     @classmethod
     def at(cls, path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, **kw) -> "Run":
-        """A run in the directory `path`: new, or empty, or prepared with a config.json and no metrics."""
+        """A run in the directory `path`: new, or empty, or prepared with a config.json and no metrics.
+
+        A directory whose run has started (metrics or a status, e.g. one the app just started) is refused.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory")
-        if path.is_dir() and (path / "metrics.jsonl").exists():
+        if path.is_dir() and ((path / "metrics.jsonl").exists() or (path / "status.json").exists()):
             raise RunError(f"{path} already holds a run; choose a new --run-dir")
+        made = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
-        run.write_config(model_cfg, train_cfg, **kw)
+        try:
+            run.write_config(model_cfg, train_cfg, **kw)
+        except BaseException:
+            if made:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         return run
 
     def write_config(self, model_cfg, train_cfg, preset=None, target=None, parent=None) -> None:
@@ -216,7 +251,9 @@ class Run:
     # -- reading ---------------------------------------------------------------------------
     @property
     def config(self) -> dict:
-        return read_json(self.path / "config.json", {}) or {}
+        """config.json as a mapping: {} when unreadable, without a "model" or "train" that is not one."""
+        cfg = _mapping(read_json(self.path / "config.json"))
+        return {k: v for k, v in cfg.items() if k not in ("model", "train") or isinstance(v, dict)}
 
     def model_config(self) -> ModelConfig:
         return model_config_from_dict(self.config["model"])
@@ -226,7 +263,7 @@ class Run:
 
     @property
     def status(self) -> dict:
-        return read_json(self.path / "status.json", {}) or {}
+        return _mapping(read_json(self.path / "status.json"))
 
     def metrics(self) -> list[dict]:
         """Every complete record; a truncated or garbled line (a crash mid-write) is skipped."""
@@ -238,7 +275,7 @@ class Run:
                         rec = json.loads(line)
                     except ValueError:
                         continue
-                    if isinstance(rec, dict) and "kind" in rec:
+                    if _well_formed(rec):
                         records.append(rec)
         except (FileNotFoundError, IsADirectoryError):
             pass
@@ -274,21 +311,20 @@ class Run:
     def summary(self) -> dict:
         """One row for the runs table, from whatever files are readable."""
         cfg, status, epochs = self.config, self.status, self.epochs()
-        model = cfg.get("model") or {}
-        train = cfg.get("train") or {}
-        widths = model.get("widths")
+        model, train = _mapping(cfg.get("model")), _mapping(cfg.get("train"))
+        widths = model.get("widths") if isinstance(model.get("widths"), list) else None
         return {
             "name": self.name,
-            "created": cfg.get("created", ""),
-            "status": status.get("status", "unknown" if not epochs else "interrupted"),
+            "created": str(cfg.get("created", "")),
+            "status": str(status.get("status", "unknown" if not epochs else "interrupted")),
             "architecture": (
                 f"{'-'.join(map(str, widths))} {'BN' if model.get('batchnorm') else 'no BN'}" if widths else "?"
             ),
-            "params": cfg.get("params"),
+            "params": cfg["params"] if isinstance(cfg.get("params"), int) else None,
             "best train acc": max((e["train_acc"] for e in epochs), default=None),
             "best test acc": max((e["test_acc"] for e in epochs), default=None),
             "epochs": f"{len(epochs)}/{train.get('epochs', '?')}",
-            "reason": status.get("reason", ""),
+            "reason": str(status.get("reason", "")),
         }
 
 
@@ -298,7 +334,7 @@ def list_runs(runs_dir: Path = RUNS_DIR) -> list[Run]:
     if not runs_dir.is_dir():
         return []
     runs = [Run(p) for p in runs_dir.iterdir() if p.is_dir() and NAME_RE.match(p.name)]
-    return sorted(runs, key=lambda r: (r.config.get("created", ""), r.name), reverse=True)
+    return sorted(runs, key=lambda r: (str(r.config.get("created", "")), r.name), reverse=True)
 
 
 def get_run(runs_dir: Path, name: str) -> Run:
@@ -339,7 +375,10 @@ def execute(run: Run, data, progress=None, should_stop=None):
     metrics = run.open_metrics()
 
     def callback(record):
-        metrics.write(json.dumps(record) + "\n")
+        try:
+            metrics.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(run.path / "metrics.jsonl")) from None
         if progress:
             progress(record)
 
@@ -356,10 +395,13 @@ def execute(run: Run, data, progress=None, should_stop=None):
     try:
         result = train(model_cfg, train_cfg, data, callback=callback, should_stop=stop, checkpoint=checkpoint)
     except BaseException as e:
-        metrics.close()
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}".splitlines()[0]
-        run.set_status("failed", reason=reason[:300])
+        try:  # on a full disk these fail too; the original error is the one to report
+            metrics.close()
+        except OSError:
+            pass
         try:
+            run.set_status("failed", reason=reason[:300])
             write_card(run)
         except OSError:
             pass

@@ -123,7 +123,7 @@ def live():
         card = run.path / "card.md"
         if card.exists():
             with st.container(border=True):
-                st.markdown(card.read_text())
+                st.markdown(card.read_text(errors="replace"))
         if st.session_state.get("tr_was_running") == run.name:
             st.session_state.tr_was_running = None
             st.rerun()  # re-enable Start, disable Stop
