@@ -370,7 +370,8 @@ def execute(run: Run, data, progress=None, should_stop=None):
     from mnist_core.train import train
 
     model_cfg, train_cfg = run.model_config(), run.train_config()
-    (run.path / "STOP").unlink(missing_ok=True)
+    # A STOP already present is honoured, not cleared: Stop may be pressed while the process
+    # is still loading MNIST, before this point.
     run.set_status("running", pid=os.getpid())
     metrics = run.open_metrics()
 

@@ -124,7 +124,8 @@ def live():
         if card.exists():
             with st.container(border=True):
                 st.markdown(card.read_text(errors="replace"))
-        if st.session_state.get("tr_was_running") == run.name:
+        # the process writes its final status, then exits and frees the lock: wait for both
+        if st.session_state.get("tr_was_running") == run.name and not jobs.active(runs_dir()):
             st.session_state.tr_was_running = None
             st.rerun()  # re-enable Start, disable Stop
     else:

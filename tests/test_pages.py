@@ -1,0 +1,244 @@
+"""The five pages under Streamlit's AppTest: each script runs headless against a fresh runs folder."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mnist_core import jobs
+from mnist_core.config import ConfigError, ModelConfig, TrainConfig
+from mnist_core.model import count_params
+from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/home.py", "pages/architecture.py", "pages/train.py", "pages/draw.py", "pages/runs.py"]
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    d = tmp_path / "runs"
+    d.mkdir()
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(d))
+    return d
+
+
+@pytest.fixture
+def app(runs_dir):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def page(at: AppTest, path: str) -> AppTest:
+    at.switch_page(path).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def total(at: AppTest) -> str:
+    heads = [s for s in texts(at.subheader) if s.startswith("Total params: ")]
+    assert len(heads) == 1, texts(at.subheader)
+    return heads[0]
+
+
+def button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert len(found) == 1, [b.label for b in at.button]
+    return found[0]
+
+
+def chart_keys(at: AppTest) -> set[str]:
+    """Keys of the plotly charts on the page (the user key is the end of the element id)."""
+    return {c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist) -> Path:
+    """A finished one-epoch run, trained once for the module."""
+    cfg = TrainConfig(epochs=1, limit_train=320, limit_test=100, lr=0.05)
+    run = Run.create(tmp_path_factory.mktemp("trained"), ModelConfig(), cfg, name="tiny")
+    execute(run, mnist)
+    assert run.status["status"] == "finished"
+    return run.path
+
+
+@pytest.fixture
+def finished_run(runs_dir, trained) -> Run:
+    shutil.copytree(trained, runs_dir / trained.name)
+    return Run(runs_dir / trained.name)
+
+
+# -- every page ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_loads_without_runs(app, runs_dir, path):
+    page(app, path)
+    assert not app.error
+    assert list(runs_dir.iterdir()) == []  # looking at a page writes nothing
+
+
+def test_home_counts_runs(app, finished_run):
+    assert any("No run yet" in c for c in texts(app.caption))
+    page(app, "pages/home.py")
+    assert any(c.startswith("1 run(s) in") for c in texts(app.caption))
+
+
+# -- Architecture ------------------------------------------------------------------------------
+
+
+def test_architecture_total_follows_batchnorm(app):
+    page(app, "pages/architecture.py")
+    assert total(app) == "Total params: 9,596"
+    app.checkbox(key="arch_bn").uncheck().run()
+    assert total(app) == "Total params: 9,424"
+    app.checkbox(key="arch_bn").check().run()
+    assert total(app) == "Total params: 9,596"
+
+
+def test_architecture_slider_and_text_agree_with_the_core(app):
+    page(app, "pages/architecture.py")
+    app.slider(key="arch_w5").set_value(20).run()
+    assert total(app) == f"Total params: {count_params(ModelConfig(widths=(12, 16, 10, 12, 16, 20))):,}"
+    assert app.text_input(key="arch_text").value == "12,16,10,12,16,20"
+
+    app.text_input(key="arch_text").input("8, 8,8,16,16,32").run()
+    widths = (8, 8, 8, 16, 16, 32)
+    assert total(app) == f"Total params: {count_params(ModelConfig(widths=widths)):,}"
+    assert tuple(app.slider(key=f"arch_w{i}").value for i in range(6)) == widths
+    assert not app.error
+
+    # the Train page trains what Architecture chose
+    page(app, "pages/train.py")
+    assert any(ModelConfig(widths=widths).describe() in c for c in texts(app.caption))
+
+
+@pytest.mark.parametrize("text", ["12,16,0,12,16,30", "12,16,10,12,16", "12,16,10,12,16,999"])
+def test_architecture_bad_widths_show_the_core_message_and_keep_the_last_model(app, text):
+    page(app, "pages/architecture.py")
+    app.checkbox(key="arch_bn").uncheck().run()
+    assert total(app) == "Total params: 9,424"
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(widths=tuple(int(p) for p in text.split(",")), batchnorm=False)
+    app.text_input(key="arch_text").input(text).run()
+    assert len(app.error) == 1
+    assert str(e.value) in app.error[0].value
+    assert total(app) == "Total params: 9,424"
+    # a good value clears the error
+    app.text_input(key="arch_text").input("12,16,10,12,16,30").run()
+    assert not app.error and total(app) == "Total params: 9,424"
+
+
+def test_architecture_non_numbers_are_refused(app):
+    page(app, "pages/architecture.py")
+    app.text_input(key="arch_text").input("12,16,ten,12,16,30").run()
+    assert len(app.error) == 1 and "6 whole numbers" in app.error[0].value
+    assert total(app) == "Total params: 9,596"
+
+
+# -- Train -------------------------------------------------------------------------------------
+
+
+def wait_idle(runs_dir: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while jobs.active(runs_dir) is not None:
+        assert time.monotonic() < deadline, "the training process did not end"
+        time.sleep(0.2)
+
+
+def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypatch):
+    page(app, "pages/train.py")
+    assert not button(app, "Start training").disabled and button(app, "Stop").disabled
+
+    # a training started elsewhere (another tab, the command line) after this page was drawn
+    run = jobs.start(runs_dir, ModelConfig(), TrainConfig(epochs=3, limit_test=200), name="first")
+    try:
+        assert jobs.active(runs_dir) == "first"
+        with pytest.raises(jobs.Busy, match=r"already running \(first\)"):
+            jobs.start(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=640, limit_test=200), name="second")
+
+        # the stale page still offers Start; pressing it starts nothing and shows the active run
+        button(app, "Start training").click().run()
+        assert not app.exception and not app.error
+        assert sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) == ["first"]
+        assert "first: running" in texts(app.subheader)
+        assert button(app, "Start training").disabled and not button(app, "Stop").disabled
+        # the sidebar names it too (AppTest draws app.py's sidebar on a session's first run only)
+        other = AppTest.from_file(APP, default_timeout=60).run()
+        assert any("Training **first** in the background" in i for i in texts(other.sidebar.info))
+
+        # the race: the page's check saw no training, the lock in jobs.start refuses, the page says why
+        with monkeypatch.context() as m:
+            m.setattr(jobs, "active", lambda runs_dir: None)
+            app.run()
+            assert not button(app, "Start training").disabled
+            button(app, "Start training").click().run()
+        assert not app.exception
+        assert any("a training is already running" in e for e in texts(app.error)), texts(app.error)
+        assert sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) == ["first"]
+
+        app.run()
+        button(app, "Stop").click().run()
+        wait_idle(runs_dir)
+    finally:
+        jobs.stop(run)
+        wait_idle(runs_dir)
+    assert jobs.refresh(run) == "stopped"
+    app.run()
+    assert "first: stopped" in texts(app.subheader)
+    assert not button(app, "Start training").disabled and button(app, "Stop").disabled
+
+
+def test_train_page_shows_a_finished_run_with_its_card(app, finished_run):
+    page(app, "pages/train.py")
+    assert "tiny: finished" in texts(app.subheader)
+    assert {"loss_curve", "acc_curve", "batch_curve"} <= chart_keys(app)
+    assert any("**RESULTS:**" in m for m in texts(app.markdown))
+
+
+# -- Draw --------------------------------------------------------------------------------------
+
+
+def test_draw_lists_the_bundled_model_and_finished_runs(app, finished_run):
+    _, meta = load_checkpoint(BUNDLED_CHECKPOINT)
+    page(app, "pages/draw.py")
+    options = app.selectbox(key="draw_model").options
+    assert options[0] == f"bundled model ({meta['model_config'].describe()}, {meta['test_acc']:.2f}%)"
+    assert any(o.startswith("tiny (12-16-10-12-16-30 BN, ") and o.endswith(", finished)") for o in options), options
+    assert any("Draw a digit" in i for i in texts(app.info))  # nothing drawn yet
+
+
+# -- Runs --------------------------------------------------------------------------------------
+
+
+def test_runs_lists_the_run_shows_its_card_and_deletes_after_confirmation(app, runs_dir, finished_run):
+    page(app, "pages/runs.py")
+    df = app.dataframe[0].value
+    assert df["name"].tolist() == ["tiny"]
+    row = df.iloc[0]
+    assert row["status"] == "finished" and row["epochs"] == "1/1" and row["params"] == 9596
+    card = (finished_run.path / "card.md").read_text()
+    assert card.strip() in [m.strip() for m in texts(app.markdown)]
+    assert "**RESULTS:**" in card
+    assert {"cmp_loss", "cmp_acc"} <= chart_keys(app)  # the comparison picks the run by default
+
+    # asking, then cancelling, keeps the run
+    app.button(key="del_ask").click().run()
+    assert any("Delete **tiny**" in w for w in texts(app.warning))
+    app.button(key="del_no").click().run()
+    assert not any("Delete **tiny**" in w for w in texts(app.warning))
+    assert finished_run.path.is_dir()
+
+    # asking, then confirming, deletes it
+    app.button(key="del_ask").click().run()
+    app.button(key="del_yes").click().run()
+    assert not app.exception
+    assert not finished_run.path.exists()
+    assert any("No run yet" in i for i in texts(app.info))
