@@ -5,11 +5,11 @@ import streamlit as st
 st.set_page_config(page_title="mnist-lab", page_icon="🔢", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/architecture.py", title="Architecture", icon="🧱"),
-    st.Page("pages/train.py", title="Train", icon="🏋️"),
-    st.Page("pages/draw.py", title="Draw", icon="✏️"),
-    st.Page("pages/runs.py", title="Runs", icon="📊"),
+    st.Page("views/home.py", title="Home", icon="🏠", default=True),
+    st.Page("views/architecture.py", title="Architecture", icon="🧱"),
+    st.Page("views/train.py", title="Train", icon="🏋️"),
+    st.Page("views/draw.py", title="Draw", icon="✏️"),
+    st.Page("views/runs.py", title="Runs", icon="📊"),
 ]
 page = st.navigation(pages)
 
@@ -19,7 +19,7 @@ with st.sidebar:
         "Design a tiny CNN, train it on MNIST, read its curves, draw digits for it. "
         "Start on **Architecture**, then **Train**; **Draw** works at once with the bundled model."
     )
-    from pages.common import active_run_name
+    from views.common import active_run_name
 
     name = active_run_name()
     if name:

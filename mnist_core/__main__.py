@@ -75,6 +75,8 @@ def build_parser() -> Parser:
     p.add_argument("--name", help="run name under the runs folder (ignored with --run-dir)")
     p.add_argument("--target", help="the TARGET line of the run's card")
     p.add_argument("--from-run", action="store_true", help="train the config already written in --run-dir")
+    p.add_argument("--then", type=Path, action="append", default=[], metavar="DIR",
+                   help="with --from-run: another prepared run directory to train afterwards (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", help="read digits from image files")
@@ -107,45 +109,82 @@ def cmd_summary(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from mnist_core.data import load_mnist
-    from mnist_core.runs import RUNS_DIR, Run, check_run_name, execute, read_json
-
     if args.from_run:
-        if args.run_dir is None:
-            raise UserError("--from-run needs --run-dir")
-        cfg = read_json(args.run_dir / "config.json")
-        if cfg is None:
-            raise UserError(f"{args.run_dir}: no readable config.json to train")
-        run = Run(args.run_dir)
-        try:  # the app started this run and waits for its status: a failure here must land in it
-            run.model_config(), run.train_config()
-            data = load_mnist()
-        except Exception as e:
-            _mark_failed(run, e)
-            raise
-    else:
-        preset = get_preset(args.preset)
-        model_cfg = model_config(args, preset.model)
-        changes = {
-            k: getattr(args, k)
-            for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device")
-            if getattr(args, k) is not None
-        }
-        changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})
-        train_cfg = replace(preset.train, **changes)
-        from mnist_core.train import resolve_device
+        return train_prepared(args)
+    if args.then:
+        raise UserError("--then needs --from-run")
+    run, data = new_run(args)
+    train_one(run, data, args.quiet)
+    print(run.path)
+    return 0
 
-        resolve_device(train_cfg.device)  # refuse an unavailable device before writing anything
-        data_size = train_cfg.limit_train or 60000
-        if train_cfg.batch_size > data_size:
-            raise UserError(f"batch-size {train_cfg.batch_size} is larger than the training set ({data_size} images)")
-        if args.name and args.run_dir is None:
-            check_run_name(args.name)
-        data = load_mnist()  # verified before the run directory exists: bad data leaves nothing behind
-        if args.run_dir is not None:
-            run = Run.at(args.run_dir, model_cfg, train_cfg, preset=args.preset, target=args.target)
-        else:
-            run = Run.create(RUNS_DIR, model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
+
+def new_run(args):
+    """(run, data) for `train` from a preset and options; nothing is written on bad input."""
+    from mnist_core.data import load_mnist
+    from mnist_core.runs import RUNS_DIR, Run, check_run_name
+    from mnist_core.train import resolve_device
+
+    preset = get_preset(args.preset)
+    model_cfg = model_config(args, preset.model)
+    changes = {
+        k: getattr(args, k)
+        for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device")
+        if getattr(args, k) is not None
+    }
+    changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})
+    train_cfg = replace(preset.train, **changes)
+    resolve_device(train_cfg.device)  # refuse an unavailable device before writing anything
+    data_size = train_cfg.limit_train or 60000
+    if train_cfg.batch_size > data_size:
+        raise UserError(f"batch-size {train_cfg.batch_size} is larger than the training set ({data_size} images)")
+    if args.name and args.run_dir is None:
+        check_run_name(args.name)
+    data = load_mnist()  # verified before the run directory exists: bad data leaves nothing behind
+    if args.run_dir is not None:
+        run = Run.at(args.run_dir, model_cfg, train_cfg, preset=args.preset, target=args.target)
+    else:
+        run = Run.create(RUNS_DIR, model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
+    return run, data
+
+
+def train_prepared(args) -> int:
+    """Train run directories the app prepared (config.json written), one after the other.
+
+    A stop of one run cancels the runs queued after it.
+    """
+    from mnist_core.data import load_mnist
+    from mnist_core.jobs import announce
+    from mnist_core.runs import Run, read_json
+
+    if args.run_dir is None:
+        raise UserError("--from-run needs --run-dir")
+    runs = [Run(p) for p in [args.run_dir, *args.then]]
+    for run in runs:
+        if read_json(run.path / "config.json") is None:
+            raise UserError(f"{run.path}: no readable config.json to train")
+    try:  # the app started these runs and waits for their status: a failure here must land in them
+        for run in runs:
+            run.model_config(), run.train_config()
+        data = load_mnist()
+    except Exception as e:
+        for run in runs:
+            _mark_failed(run, e)
+        raise
+    for i, run in enumerate(runs):
+        announce(run.name)
+        result = train_one(run, data, args.quiet)
+        if result.stopped:
+            for later in runs[i + 1 :]:
+                later.set_status("stopped", reason=f"cancelled: {run.name} before it was stopped")
+            break
+    print(runs[-1].path)
+    return 0
+
+
+def train_one(run, data, quiet: bool):
+    """Train one run with the reference notebook's output; SIGTERM/SIGINT stop it cleanly."""
+    from mnist_core.runs import execute
 
     stop = {"requested": False}
 
@@ -154,14 +193,13 @@ def cmd_train(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    printer = Progress(quiet=args.quiet)
+    printer = Progress(quiet=quiet)
     print(f"run: {run.path}", flush=True)
     result = execute(run, data, progress=printer, should_stop=lambda: stop["requested"])
     printer.close()
     state = "stopped" if result.stopped else "finished"
-    print(f"{state}: best test accuracy {result.best_test_acc:.2f}% (epoch {result.best_epoch})")
-    print(run.path)
-    return 0
+    print(f"{state}: best test accuracy {result.best_test_acc:.2f}% (epoch {result.best_epoch})", flush=True)
+    return result
 
 
 def _mark_failed(run, e: Exception) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from mnist_core.runs import Run, RunError, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_NAME = ".train.lock"
+LOCK_FD_ENV = "MNIST_LAB_LOCK_FD"  # tells a queue's training process which inherited fd is the lock
 
 _children: dict[int, subprocess.Popen] = {}  # pid -> process started by this app process
 
@@ -59,12 +61,24 @@ def start(runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: 
     Settings that cannot train here (an unavailable device, a batch larger than the training
     set) raise ConfigError before anything is written.
     """
+    spec = dict(model_cfg=model_cfg, train_cfg=train_cfg, name=name, target=target, preset=preset, parent=parent)
+    return start_queue(runs_dir, [spec])[0]
+
+
+def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
+    """Create several runs and train them one after the other in one process (an A/B pair, say).
+
+    Each spec holds start()'s arguments. The first run is `running`, the others `queued` until
+    their turn; stopping one cancels those after it. Raises Busy if a training is running.
+    """
     from mnist_core.train import resolve_device
 
-    resolve_device(train_cfg.device)
-    if train_cfg.batch_size > (train_cfg.limit_train or 60000):
-        raise ConfigError(f"batch-size {train_cfg.batch_size} is larger than the training set "
-                          f"({train_cfg.limit_train or 60000} images)")
+    for spec in specs:
+        cfg = spec["train_cfg"]
+        resolve_device(cfg.device)
+        if cfg.batch_size > (cfg.limit_train or 60000):
+            raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set "
+                              f"({cfg.limit_train or 60000} images)")
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -73,21 +87,44 @@ def start(runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
-        run = Run.create(runs_dir, model_cfg, train_cfg, name=name, target=target, preset=preset, parent=parent)
+        runs: list[Run] = []
+        try:
+            for spec in specs:
+                runs.append(Run.create(runs_dir, spec["model_cfg"], spec["train_cfg"], name=spec.get("name"),
+                                       target=spec.get("target"), preset=spec.get("preset"), parent=spec.get("parent")))
+        except BaseException:
+            for run in runs:  # all or nothing: no orphan queued runs
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, run.name.encode(), 0)
-        with open(run.path / "train.log", "wb") as log:
+        os.pwrite(fd, runs[0].name.encode(), 0)
+        cmd = [sys.executable, "-m", "mnist_core", "train", "--from-run", "--run-dir", str(runs[0].path), "--quiet"]
+        for run in runs[1:]:
+            cmd += ["--then", str(run.path)]
+        with open(runs[0].path / "train.log", "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mnist_core", "train", "--from-run", "--run-dir", str(run.path), "--quiet"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 pass_fds=(fd,), start_new_session=True,  # survives the app; holds the lock
+                env={**os.environ, LOCK_FD_ENV: str(fd)},
             )
-        run.set_status("running", pid=proc.pid)
+        for i, run in enumerate(runs):
+            run.set_status("running" if i == 0 else "queued", pid=proc.pid)
         _children[proc.pid] = proc
         threading.Thread(target=proc.wait, daemon=True).start()  # reap it, so it never lingers as a zombie
-        return run
+        return runs
     finally:
         os.close(fd)  # the child's inherited copy keeps the lock
+
+
+def announce(name: str) -> None:
+    """In a training process started by start_queue: name the run now training in the lock file."""
+    fd = os.environ.get(LOCK_FD_ENV)
+    if fd and fd.isdigit():
+        try:
+            os.ftruncate(int(fd), 0)
+            os.pwrite(int(fd), name.encode(), 0)
+        except OSError:
+            pass  # not our lock after all (a stray variable): nothing to announce
 
 
 def stop(run: Run) -> None:
@@ -116,14 +153,21 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def refresh(run: Run) -> str:
-    """The run's status, after marking a 'running' run whose process is gone as failed or interrupted."""
+    """The run's status, after marking a running or queued run whose process is gone as failed or interrupted."""
     status = run.status
     state = status.get("status", "unknown")
-    if state != "running" or pid_alive(status.get("pid")):
+    if state not in ("running", "queued") or pid_alive(status.get("pid")):
         return state
     status = run.status  # re-read: the process may have written its final status meanwhile
-    if status.get("status") != "running":
+    if status.get("status") not in ("running", "queued"):
         return status.get("status", "unknown")
+    if status.get("status") == "queued":
+        reason = "the training process ended before this queued run's turn"
+        try:
+            run.set_status("interrupted", reason=reason)
+        except OSError:
+            pass
+        return "interrupted"
     proc = _children.get(status.get("pid"))
     code = proc.returncode if proc is not None else None
     if code is not None and code < 0:

@@ -33,7 +33,7 @@ BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bundle
 CHECKPOINT_FORMAT = "mnist-lab-checkpoint/1"
 MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024  # a model of this family is ~50 KB; anything this big is not ours
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-STATUSES = ("running", "finished", "stopped", "failed", "interrupted")
+STATUSES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 # the fields every record of a kind carries (train.py); a record without them is garbled and skipped
 RECORD_FIELDS = {
     "batch": ("epoch", "batch", "batches", "step", "loss", "acc", "images_per_s"),
@@ -408,7 +408,23 @@ def execute(run: Run, data, progress=None, should_stop=None):
             pass
         raise
     metrics.close()
+    precompute_evaluation(run, data, train_cfg)
     run.set_status("stopped" if result.stopped else "finished", best_test_acc=result.best_test_acc, best_epoch=result.best_epoch)
     write_card(run)
     (run.path / "STOP").unlink(missing_ok=True)
     return result
+
+
+def precompute_evaluation(run: Run, data, train_cfg: TrainConfig) -> None:
+    """Cache the best checkpoint's test-set predictions while the data is in memory, so the
+    Runs page's confusion matrix opens at once (about a second of work here, in the background)."""
+    from mnist_core.insight import cached_evaluation
+
+    best = run.path / "best.pt"
+    if train_cfg.limit_test is not None or not best.exists() or data is None:
+        return
+    try:
+        model, _ = load_checkpoint(best)
+        cached_evaluation(best, model, data.test_x, data.test_y)
+    except (OSError, CheckpointError):
+        pass  # only a cache: the page computes it when it is missing

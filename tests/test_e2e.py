@@ -140,17 +140,17 @@ def browser():
 
 @pytest.fixture(scope="module")
 def app_url(browser, server):
-    """The served app, after one visit to its root.
+    """The served app, first opened through a deep link, as a reload after a restart does.
 
-    Streamlit treats a folder named pages/ beside app.py as old-style (v1) pages until some
-    session has run app.py's st.navigation once; a fresh server's very first visit to a deep
-    link such as /train shows the bare page script with every file of pages/ in the sidebar.
-    Opening the root first, as a person starting the app does, avoids that.
+    The page scripts live in views/, not pages/: Streamlit treats a folder named pages/ beside
+    app.py as old-style pages, and a fresh server's first visit to /architecture would then run
+    the bare page script without app.py's navigation and sidebar. The check below guards that.
     """
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    page.goto(server + "/")
-    page.get_by_role("heading", name="mnist-lab").first.wait_for(timeout=WAIT)
+    page.goto(server + "/architecture")
+    page.get_by_text("Total params: 9,596").first.wait_for(timeout=WAIT)
+    page.get_by_text("Design a tiny CNN, train it on MNIST").first.wait_for(timeout=WAIT)  # app.py's sidebar ran
     context.close()
     return server
 

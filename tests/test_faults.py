@@ -55,7 +55,7 @@ from mnist_core.runs import (
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGES = ["pages/home.py", "pages/architecture.py", "pages/train.py", "pages/draw.py", "pages/runs.py"]
+PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py"]
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_kill_9_of_the_training_marks_it_failed_and_keeps_its_epochs(runs):
     assert jobs.active(runs) is None
 
     # the app stays up and says what happened
-    at = app("pages/train.py")
+    at = app("views/train.py")
     assert "killed: failed" in texts(at.subheader)
     assert any("killed by signal 9" in w for w in texts(at.warning))
 
@@ -280,7 +280,7 @@ def test_out_of_memory_in_the_training_process_marks_it_failed(runs, tmp_path, m
     assert meta["epoch"] == 1
     assert jobs.active(runs) is None
 
-    at = app("pages/train.py")
+    at = app("views/train.py")
     assert "oom: failed" in texts(at.subheader)
     assert any("allocate memory" in w or "MemoryError" in w for w in texts(at.warning))
 
@@ -476,7 +476,7 @@ def test_damaged_run_directories_still_list_and_show(runs, mnist):
     assert rows["no-config"]["epochs"] == "2/?" and rows["no-config"]["status"] == "finished"
     assert rows["empty"]["status"] == "unknown"
 
-    at = app("pages/runs.py")
+    at = app("views/runs.py")
     assert not at.exception
     assert sorted(at.dataframe[0].value["name"]) == expected
     for name in expected:
@@ -484,7 +484,7 @@ def test_damaged_run_directories_still_list_and_show(runs, mnist):
         assert not at.exception, (name, at.exception)
     at.multiselect(key="runs_compare").set_value(expected).run()
     assert not at.exception
-    at.switch_page("pages/train.py")
+    at.switch_page("views/train.py")
     for name in expected:  # the Train page shows this session's last run: make it each one in turn
         at.session_state["tr_run"] = name
         at.run()
@@ -514,7 +514,7 @@ def test_hostile_run_names_cannot_escape_the_runs_folder(runs, tmp_path, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == outside
     assert not Path("/tmp/absolute").exists() and not (ROOT / "pwned").exists()
 
-    at = app("pages/train.py")  # the same through the Train page's name box
+    at = app("views/train.py")  # the same through the Train page's name box
     at.text_input[0].set_value("../escape")
     button(at, "Start training").click().run()
     assert not at.exception and any("run name '../escape' is not allowed" in e for e in texts(at.error))
@@ -700,7 +700,7 @@ def test_cli_predict_refuses_a_code_executing_checkpoint_in_a_real_process(tmp_p
 
 def test_draw_page_upload_refuses_bad_checkpoints_and_accepts_a_good_one(runs, tmp_path):
     marker = tmp_path / "marker"
-    at = app("pages/draw.py")
+    at = app("views/draw.py")
     before = at.selectbox(key="draw_model").value
     files = bad_checkpoints(tmp_path, marker)
     files["too large"] = b"PK" + b"\0" * (MAX_CHECKPOINT_BYTES + 10)
@@ -729,7 +729,7 @@ def test_draw_page_shows_an_error_for_a_damaged_run_checkpoint(runs, mnist):
     execute(run, mnist)
     data = (run.path / "best.pt").read_bytes()
     (run.path / "best.pt").write_bytes(data[: len(data) // 2])
-    at = app("pages/draw.py")
+    at = app("views/draw.py")
     label = next(o for o in at.selectbox(key="draw_model").options if o.startswith("damaged "))
     at.selectbox(key="draw_model").set_value(label).run()
     assert not at.exception
@@ -752,7 +752,7 @@ def test_train_page_refuses_impossible_settings_with_the_cores_message(runs, key
         pytest.skip("a CUDA GPU is present, so cuda is a valid choice here")
     if value == "mps" and torch.backends.mps.is_available():
         pytest.skip("MPS is available here, so mps is a valid choice")
-    at = app("pages/train.py")
+    at = app("views/train.py")
     widget = at.number_input(key=key) if key == "tr_lr" else at.selectbox(key=key)
     widget.set_value(value)
     button(at, "Start training").click().run()
@@ -763,7 +763,7 @@ def test_train_page_refuses_impossible_settings_with_the_cores_message(runs, key
 
 def test_train_page_pulls_forged_out_of_range_values_back_into_range(runs):
     """A value outside a widget's bounds (a crafted websocket message) never reaches the core as is."""
-    at = app("pages/train.py")
+    at = app("views/train.py")
     for key, forged in [("tr_epochs", 0), ("tr_epochs", 10**6), ("tr_lr", -1.0), ("tr_lr", 1e9), ("tr_seed", -3)]:
         w = at.number_input(key=key)
         w.set_value(forged).run()

@@ -13,7 +13,7 @@ from mnist_core.model import count_params
 from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["pages/home.py", "pages/architecture.py", "pages/train.py", "pages/draw.py", "pages/runs.py"]
+PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py"]
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_every_page_loads_without_runs(app, runs_dir, path):
 
 def test_home_counts_runs(app, finished_run):
     assert any("No run yet" in c for c in texts(app.caption))
-    page(app, "pages/home.py")
+    page(app, "views/home.py")
     assert any(c.startswith("1 run(s) in") for c in texts(app.caption))
 
 
@@ -95,7 +95,7 @@ def test_home_counts_runs(app, finished_run):
 
 
 def test_architecture_total_follows_batchnorm(app):
-    page(app, "pages/architecture.py")
+    page(app, "views/architecture.py")
     assert total(app) == "Total params: 9,596"
     app.checkbox(key="arch_bn").uncheck().run()
     assert total(app) == "Total params: 9,424"
@@ -104,7 +104,7 @@ def test_architecture_total_follows_batchnorm(app):
 
 
 def test_architecture_slider_and_text_agree_with_the_core(app):
-    page(app, "pages/architecture.py")
+    page(app, "views/architecture.py")
     app.slider(key="arch_w5").set_value(20).run()
     assert total(app) == f"Total params: {count_params(ModelConfig(widths=(12, 16, 10, 12, 16, 20))):,}"
     assert app.text_input(key="arch_text").value == "12,16,10,12,16,20"
@@ -116,13 +116,13 @@ def test_architecture_slider_and_text_agree_with_the_core(app):
     assert not app.error
 
     # the Train page trains what Architecture chose
-    page(app, "pages/train.py")
+    page(app, "views/train.py")
     assert any(ModelConfig(widths=widths).describe() in c for c in texts(app.caption))
 
 
 @pytest.mark.parametrize("text", ["12,16,0,12,16,30", "12,16,10,12,16", "12,16,10,12,16,999"])
 def test_architecture_bad_widths_show_the_core_message_and_keep_the_last_model(app, text):
-    page(app, "pages/architecture.py")
+    page(app, "views/architecture.py")
     app.checkbox(key="arch_bn").uncheck().run()
     assert total(app) == "Total params: 9,424"
     with pytest.raises(ConfigError) as e:
@@ -137,7 +137,7 @@ def test_architecture_bad_widths_show_the_core_message_and_keep_the_last_model(a
 
 
 def test_architecture_non_numbers_are_refused(app):
-    page(app, "pages/architecture.py")
+    page(app, "views/architecture.py")
     app.text_input(key="arch_text").input("12,16,ten,12,16,30").run()
     assert len(app.error) == 1 and "6 whole numbers" in app.error[0].value
     assert total(app) == "Total params: 9,596"
@@ -154,7 +154,7 @@ def wait_idle(runs_dir: Path, timeout: float = 120) -> None:
 
 
 def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypatch):
-    page(app, "pages/train.py")
+    page(app, "views/train.py")
     assert not button(app, "Start training").disabled and button(app, "Stop").disabled
 
     # a training started elsewhere (another tab, the command line) after this page was drawn
@@ -197,7 +197,7 @@ def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypa
 
 
 def test_train_page_shows_a_finished_run_with_its_card(app, finished_run):
-    page(app, "pages/train.py")
+    page(app, "views/train.py")
     assert "tiny: finished" in texts(app.subheader)
     assert {"loss_curve", "acc_curve", "batch_curve"} <= chart_keys(app)
     assert any("**RESULTS:**" in m for m in texts(app.markdown))
@@ -208,7 +208,7 @@ def test_train_page_shows_a_finished_run_with_its_card(app, finished_run):
 
 def test_draw_lists_the_bundled_model_and_finished_runs(app, finished_run):
     _, meta = load_checkpoint(BUNDLED_CHECKPOINT)
-    page(app, "pages/draw.py")
+    page(app, "views/draw.py")
     options = app.selectbox(key="draw_model").options
     assert options[0] == f"bundled model ({meta['model_config'].describe()}, {meta['test_acc']:.2f}%)"
     assert any(o.startswith("tiny (12-16-10-12-16-30 BN, ") and o.endswith(", finished)") for o in options), options
@@ -219,7 +219,7 @@ def test_draw_lists_the_bundled_model_and_finished_runs(app, finished_run):
 
 
 def test_runs_lists_the_run_shows_its_card_and_deletes_after_confirmation(app, runs_dir, finished_run):
-    page(app, "pages/runs.py")
+    page(app, "views/runs.py")
     df = app.dataframe[0].value
     assert df["name"].tolist() == ["tiny"]
     row = df.iloc[0]

@@ -10,7 +10,7 @@ import streamlit as st
 from mnist_core import insight, jobs
 from mnist_core.config import ConfigError, replace
 from mnist_core.runs import CheckpointError, Run, RunError
-from pages.common import curves_figure, load_model, metrics, runs_dir
+from views.common import curves_figure, load_model, metrics, runs_dir
 
 
 @st.cache_resource(show_spinner="Loading the MNIST test set...")

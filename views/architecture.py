@@ -4,7 +4,10 @@ import streamlit as st
 from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig
 from mnist_core import insight
 from mnist_core.model import build_model, layer_plan, summary_rows
-from pages.common import choose_model, chosen_model
+from mnist_core import jobs
+from mnist_core.config import replace
+from mnist_core.runs import RunError, new_run_name
+from views.common import choose_model, chosen_model, runs_dir, saved_settings
 
 WIDGETS = [f"arch_w{i}" for i in range(6)]
 LABELS = {
@@ -110,3 +113,26 @@ with right:
               help="measured on this machine's CPU: median of 20 single-image forward passes")
     c4.metric("Receptive field of the output", f"{rf}x{rf}")
     st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760))
+
+
+with left, st.expander("Train A/B: BatchNorm on vs off"):
+    st.caption("Two runs of this architecture that differ only in BatchNorm: same seed, same data order, "
+               "the Train page's settings. They train one after the other; compare them on the Runs page.")
+    with st.form("ab"):
+        base = saved_settings()
+        epochs = st.number_input("Epochs", 1, 100, base.epochs, key="ab_epochs")
+        size = st.selectbox("Training images", sorted({base.limit_train or 60000, 60000, 10000, 5000, 2000}, reverse=True), key="ab_size")
+        launch = st.form_submit_button("Train A/B")
+    if launch:
+        ab_train = replace(base, epochs=int(epochs), limit_train=None if size == 60000 else int(size))
+        stamp = new_run_name(runs_dir(), "ab")
+        specs = [
+            dict(model_cfg=replace(cfg, batchnorm=bn), train_cfg=ab_train, name=f"{stamp}-{'bn' if bn else 'nobn'}",
+                 target=f"A/B: BatchNorm {'on' if bn else 'off'}, all else equal")
+            for bn in (True, False)
+        ]
+        try:
+            runs = jobs.start_queue(runs_dir(), specs)
+            st.success(f"Started {runs[0].name}, then {runs[1].name}. Follow them on the Train page.")
+        except (ConfigError, RunError, jobs.Busy) as e:
+            st.error(str(e))

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mnist_core import jobs
-from mnist_core.config import ModelConfig, get_preset
+from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
 from mnist_core.runs import BUNDLED_CHECKPOINT, RUNS_DIR, CheckpointError, Run, list_runs, load_checkpoint
 
 
@@ -35,6 +35,18 @@ def chosen_model() -> ModelConfig:
 
 def choose_model(cfg: ModelConfig) -> None:
     st.session_state.model_cfg = asdict(cfg)
+
+
+def saved_settings() -> TrainConfig:
+    """The Train page's settings as last set in this session (the reference preset's at first)."""
+    return st.session_state.get("train_cfg") or get_preset("reference").train
+
+
+def save_settings(values: dict, limit_train: int | None) -> None:
+    try:
+        st.session_state.train_cfg = TrainConfig(**values, limit_train=limit_train)
+    except ConfigError:
+        pass  # the page shows the refusal when Start is pressed; keep the last good settings
 
 
 # -- cached loading ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from mnist_core import jobs
 from mnist_core.config import DEVICES, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
 from mnist_core.train import resolve_device
-from pages.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir
+from views.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir, save_settings, saved_settings
 
 SIZES = {"all 60,000": None, "10,000": 10000, "5,000": 5000, "2,000": 2000, "1,000": 1000}
 FIELDS = ("epochs", "batch_size", "lr", "scheduler", "augment", "seed", "device")
@@ -28,8 +28,8 @@ model_cfg = chosen_model()
 st.caption(f"Model from the Architecture page: **{model_cfg.describe()}**. Training runs in the background; "
            "you can leave this page or close the tab, and come back to it.")
 
-if "tr_epochs" not in st.session_state:
-    set_hyper(PRESETS["reference"].train)
+if "tr_epochs" not in st.session_state:  # first visit, or back from another page (widget state is dropped)
+    set_hyper(saved_settings())
 
 with st.expander("Settings", expanded=True):
     st.selectbox("Load settings of a preset", list(PRESETS), index=None, key="tr_preset", on_change=on_preset,
@@ -49,6 +49,8 @@ with st.expander("Settings", expanded=True):
     c1, c2 = st.columns([1, 3])
     run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
     target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
+
+save_settings({f: st.session_state[f"tr_{f}"] for f in FIELDS}, SIZES[st.session_state.tr_size])
 
 active = jobs.active(runs_dir())
 b1, b2, _ = st.columns([1, 1, 4])

@@ -2,7 +2,7 @@ import streamlit as st
 
 from mnist_core.config import PRESETS
 from mnist_core.runs import list_runs
-from pages.common import runs_dir
+from views.common import runs_dir
 
 st.title("mnist-lab")
 st.markdown(
@@ -16,10 +16,10 @@ global average pooling and a 1x1 head, which reaches 99.3% test accuracy in 15 e
 
 cols = st.columns(4)
 steps = [
-    ("🧱 Architecture", "pages/architecture.py", "Toggle BatchNorm, slide channel widths; the parameter count, layer table and receptive field follow live."),
-    ("🏋️ Train", "pages/train.py", "Train the chosen model in the background; watch loss and accuracy curves; stop at any time."),
-    ("✏️ Draw", "pages/draw.py", "Draw a digit and see what a model reads, with the 28x28 image it sees. Works now, with the bundled model."),
-    ("📊 Runs", "pages/runs.py", "Every run with its card; overlay curves to compare, e.g. with and without BatchNorm."),
+    ("🧱 Architecture", "views/architecture.py", "Toggle BatchNorm, slide channel widths; the parameter count, layer table and receptive field follow live."),
+    ("🏋️ Train", "views/train.py", "Train the chosen model in the background; watch loss and accuracy curves; stop at any time."),
+    ("✏️ Draw", "views/draw.py", "Draw a digit and see what a model reads, with the 28x28 image it sees. Works now, with the bundled model."),
+    ("📊 Runs", "views/runs.py", "Every run with its card; overlay curves to compare, e.g. with and without BatchNorm."),
 ]
 for col, (title, page, text) in zip(cols, steps):
     with col:

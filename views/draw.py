@@ -5,7 +5,7 @@ from streamlit_drawable_canvas import st_canvas
 
 from mnist_core.draw import EmptyDrawing, predict
 from mnist_core.runs import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint
-from pages.common import model_choices, try_load
+from views.common import model_choices, try_load
 
 st.title("Draw")
 st.caption("Draw a digit with the mouse (or a finger). It is cropped, scaled to 20x20 and centred by its "
@@ -83,6 +83,6 @@ with right:
     st.image((pre.final * 255).astype(np.uint8), width=168, clamp=True)
 
 st.divider()
-from pages import draw_insight  # noqa: E402  (the lower half: only with a drawing to explain)
+from views import draw_insight  # noqa: E402  (the lower half: only with a drawing to explain)
 
 draw_insight.render(model, pre, digit, choices)

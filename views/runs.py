@@ -3,7 +3,7 @@ import streamlit as st
 
 from mnist_core import jobs
 from mnist_core.runs import RunError
-from pages.common import curves_figure, metrics, runs_dir
+from views.common import curves_figure, metrics, runs_dir
 
 st.title("Runs")
 runs = jobs.refresh_all(runs_dir())
@@ -67,7 +67,7 @@ with c3:
             st.rerun()
 
 st.divider()
-from pages import runs_insight  # noqa: E402
+from views import runs_insight  # noqa: E402
 
 tab_cm, tab_ab, tab_more = st.tabs(["Confusion matrix and mistakes", "A/B comparison", "Continue and export"])
 with tab_cm:

@@ -13,7 +13,7 @@ from mnist_core.config import ConfigError, TrainConfig
 from mnist_core.draw import Preprocessed, probabilities, step_predictions
 from mnist_core.data import normalize
 from mnist_core.runs import RunError, list_runs
-from pages.common import load_model, runs_dir
+from views.common import load_model, runs_dir
 
 
 def grey(img: np.ndarray, size: int = 112) -> np.ndarray:
