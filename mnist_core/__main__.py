@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from mnist_core.config import PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
+from mnist_core.config import PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
 
 EXIT_USAGE = 2
 KEEP = object()  # an option left out: keep the preset's value
@@ -69,6 +69,7 @@ def build_parser() -> Parser:
     p.add_argument("--augment", type=float, help="random rotation in degrees, with small shift/scale (0 = off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32, or bf16 autocast (faster on CPUs with AMX/AVX-512 BF16)")
     p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")
     p.add_argument("--limit-test", type=parse_limit, default=KEEP, help="test on the first N images only ('all': every one)")
     p.add_argument("--run-dir", type=Path, help="directory for this run (default runs/<name>)")
@@ -129,7 +130,8 @@ def new_run(args):
     model_cfg = model_config(args, preset.model)
     changes = {
         k: getattr(args, k)
-        for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device")
+        for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device",
+                  "precision")
         if getattr(args, k) is not None
     }
     changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})

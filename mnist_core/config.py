@@ -12,6 +12,7 @@ WIDTH_NAMES = ("block1", "block2", "transition", "block3", "block4", "block5")
 MAX_WIDTH = 128  # beyond this the "tiny CNN" is neither tiny nor trainable on a laptop
 SCHEDULERS = ("none", "step", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     seed: int = 1  # same seed, same device -> same run
     device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; weights and optimizer stay fp32)
     limit_train: int | None = None  # use only the first N training images (quick tries)
     limit_test: int | None = None  # use only the first N test images
     eval_batch_size: int = 2000  # evaluation runs in large batches; no gradients
@@ -117,6 +119,8 @@ class TrainConfig:
         number("label_smoothing", 0.0, 1.0, hi_open=True)
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler {self.scheduler!r} is unknown: choose one of {', '.join(SCHEDULERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is unknown: choose one of {', '.join(DEVICES)}")
         for name in ("limit_train", "limit_test"):
