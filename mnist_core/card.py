@@ -22,6 +22,10 @@ def target_text(cfg: dict) -> str:
     )
     aug = f", augmentation {train['augment']:g}" if train.get("augment") else ", no augmentation"
     subset = f", {train['limit_train']} training images" if train.get("limit_train") else ""
+    if train.get("weight_decay"):
+        aug += f", weight decay {train['weight_decay']:g}"
+    if train.get("precision", "fp32") != "fp32":
+        aug += f", {train['precision']} autocast"
     lines = []
     if cfg.get("target"):
         lines.append(cfg["target"])

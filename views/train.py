@@ -3,13 +3,13 @@ import time
 import streamlit as st
 
 from mnist_core import jobs
-from mnist_core.config import DEVICES, PRESETS, SCHEDULERS, ConfigError, TrainConfig
+from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
 from mnist_core.train import resolve_device
 from views.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir, save_settings, saved_settings
 
 SIZES = {"all 60,000": None, "10,000": 10000, "5,000": 5000, "2,000": 2000, "1,000": 1000}
-FIELDS = ("epochs", "batch_size", "lr", "scheduler", "augment", "seed", "device")
+FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", "seed", "device", "precision")
 
 
 def set_hyper(cfg: TrainConfig) -> None:
@@ -41,14 +41,17 @@ with st.expander("Settings", expanded=True):
                     help="peak rate for OneCycle; must be above 0")
     c4.selectbox("LR schedule", SCHEDULERS, key="tr_scheduler")
     c1, c2, c3, c4 = st.columns(4)
-    c1.slider("Augmentation (rotation degrees)", 0.0, 20.0, step=0.5, key="tr_augment",
+    c1.number_input("Weight decay", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f", key="tr_weight_decay")
+    c2.slider("Augmentation (rotation degrees)", 0.0, 20.0, step=0.5, key="tr_augment",
               help="random rotation up to this angle, with a matching small shift and scale; 0 = off")
-    c2.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
-    c3.selectbox("Device", DEVICES, key="tr_device")
+    c3.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
     c4.selectbox("Training images", list(SIZES), key="tr_size", help="a subset trains faster, for a quick try")
-    c1, c2 = st.columns([1, 3])
-    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
-    target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
+    c1.selectbox("Device", DEVICES, key="tr_device")
+    c2.selectbox("Precision", PRECISIONS, key="tr_precision",
+                 help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs")
+    run_name = c3.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
+    target = c4.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
 
 save_settings({f: st.session_state[f"tr_{f}"] for f in FIELDS}, SIZES[st.session_state.tr_size])
 
