@@ -3,7 +3,7 @@
 Records (all numbers are plain floats/ints):
   {"kind": "batch", "epoch", "batch", "batches", "step", "loss", "acc", "images_per_s"}
   {"kind": "epoch", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-   "test_correct", "test_total", "lr", "seconds", "images_per_s"}
+   "test_correct", "test_total", "lr", "seconds", "elapsed", "images_per_s"}
   {"kind": "stopped", "epoch", "batch", "step"}
 The loop knows nothing about files, charts or processes: checkpoints leave through `checkpoint`.
 """
@@ -144,6 +144,7 @@ def train(
     bf16 = cfg.precision == "bf16"
     opt, sched, sched_per_batch = make_optimizer(model, cfg, batches)
 
+    t_start = time.perf_counter()
     step, best_acc, best_epoch = cfg.start_epoch * batches, -1.0, 0
     first, last = cfg.start_epoch + 1, cfg.start_epoch + cfg.epochs  # a resumed run continues the numbering
     for epoch in range(first, last + 1):
@@ -195,7 +196,7 @@ def train(
             "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
             "test_loss": test_loss, "test_acc": test_acc,
             "test_correct": test_correct, "test_total": len(data.test_x),
-            "lr": lr, "seconds": time.perf_counter() - t0,
+            "lr": lr, "seconds": time.perf_counter() - t0, "elapsed": time.perf_counter() - t_start,
             "images_per_s": seen / train_seconds,
         }
         is_best = test_acc > best_acc
