@@ -294,7 +294,7 @@ class Run:
         cur["updated"] = now
         if status == "running":
             cur.setdefault("started", now)
-        else:
+        elif status != "queued":  # a queued run has not ended: it ends after its turn
             cur.setdefault("ended", now)
         atomic_write_json(self.path / "status.json", cur)
 

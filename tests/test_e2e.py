@@ -1,8 +1,9 @@
 """End to end: the real app served by `streamlit run`, driven in headless Chromium.
 
 One server and one browser for the module; the tests run in file order (Home, Architecture,
-Draw, Train and Runs). Each takes a screenshot of its page at 1400x900: into docs/screenshots/
-when MNIST_LAB_SCREENSHOTS=1 (the README's images), else into a temporary folder.
+Draw, Train and Runs, then the insight views: a confusion-matrix cell's mistakes, the feature
+maps of a drawing). Each of the first five takes a screenshot of its page at 1400x900: into
+docs/screenshots/ when MNIST_LAB_SCREENSHOTS=1 (the README's images), else into a temporary folder.
 
 Without Chromium or Playwright the tests skip with the reason; under CI=true they fail instead,
 so CI cannot pass by skipping them.
@@ -207,12 +208,24 @@ def charts_drawn(page, *keys: str) -> None:
 
 
 def choose(page, label: str, option: str) -> None:
-    """Pick an option of the st.selectbox with this label."""
+    """Pick an option of the st.selectbox with this label.
+
+    A click can miss the list: it may land while charts above the box are still being drawn and
+    move it, or while the list is closing. The box is clicked until the option shows (3 tries).
+    """
     from playwright.sync_api import expect
 
     box = page.get_by_role("combobox", name=label, exact=True)
-    box.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    item = page.get_by_role("option", name=option, exact=True)
+    for attempt in range(3):
+        box.click()
+        try:
+            expect(item).to_be_visible(timeout=5_000 if attempt < 2 else WAIT)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+    item.click()
     expect(box).to_have_value(option)
 
 
@@ -409,3 +422,73 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     expect(page.get_by_text("RESULTS:", exact=True)).to_be_visible()
     charts_drawn(page, "cmp_loss", "cmp_acc")  # the comparison, with this run picked
     page.screenshot(path=str(shots / "runs.png"))
+
+
+# -- Insight: the confusion matrix's mistakes, the model's feature maps ------------------------
+
+
+def test_runs_confusion_matrix_cell_click_shows_its_mistakes(page, app_url, runs_dir, mnist):
+    """A click on a cell of the confusion matrix shows the test images of that cell."""
+    from playwright.sync_api import expect
+
+    from mnist_core.config import TrainConfig
+    from mnist_core.insight import Evaluation, cached_evaluation
+    from mnist_core.runs import execute, load_checkpoint
+
+    run = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=640, lr=0.05), name="e2e-cm")
+    execute(run, mnist)  # the whole test set: the mistakes are cached with the run, as the app's are
+    assert run.status["status"] == "finished" and (run.path / "best.pt.eval").exists()
+    model, _ = load_checkpoint(run.path / "best.pt")
+    ev: Evaluation = cached_evaluation(run.path / "best.pt", model, mnist.test_x, mnist.test_y)
+    off = ev.confusion()
+    off[range(10), range(10)] = 0
+    worst = sorted(((int(off[i, j]), i, j) for i in range(10) for j in range(10) if off[i, j]), reverse=True)
+    assert len(worst) >= 3, worst
+    n, i, j = worst[1]  # not the cell the page shows first
+
+    open_page(page, app_url, "/runs", "Runs")
+    choose(page, "Run", "e2e-cm")
+    settle(page)
+    page.get_by_role("tab", name="Confusion matrix and mistakes").click()
+    expect(page.get_by_text(f"Test accuracy of best.pt: {ev.accuracy:.2f}%")).to_be_visible()
+    charts_drawn(page, "cm_e2e-cm")
+    cell = page.get_by_role("combobox", name="Mistakes of one cell", exact=True)
+    expect(cell).to_have_value(f"true {worst[0][1]} → predicted {worst[0][2]} ({worst[0][0]})")
+
+    # rows are the true digit (0 at the top), columns the predicted one
+    area = page.locator(".st-key-cm_e2e-cm .nsewdrag").first
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (j + 0.5) / 10, box["y"] + box["height"] * (i + 0.5) / 10)
+    caption = f"{n} test images of {i} read as {j}, most confident first"
+    expect(page.get_by_text(caption, exact=True)).to_be_visible()
+    expect(cell).to_have_value(f"true {i} → predicted {j} ({n})")
+    settle(page)
+    grid = page.get_by_test_id("stImage")
+    expect(grid).to_have_count(min(n, 32))
+    expect(grid.first.locator("img")).to_be_visible()
+
+    # the selectbox still chooses after a click on the chart (the click is not applied again)
+    m, a, b = worst[2]
+    choose(page, "Mistakes of one cell", f"true {a} → predicted {b} ({m})")
+    settle(page)
+    expect(page.get_by_text(f"{m} test images of {a} read as {b}, most confident first", exact=True)).to_be_visible()
+    expect(cell).to_have_value(f"true {a} → predicted {b} ({m})")
+
+
+def test_draw_shows_the_feature_maps_of_a_drawing(page, app_url):
+    from playwright.sync_api import expect
+
+    open_page(page, app_url, "/draw", "Draw")
+    model = page.get_by_role("combobox", name="Model", exact=True)
+    expect(model).to_have_value(re.compile(r"^bundled model \(12-16-10-12-16-30, BN, "))  # the captions below are its
+    draw(page, [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)])  # a 7
+    expect(page.get_by_role("heading", name=re.compile(r"^Prediction: "))).to_have_text("Prediction: 7")
+    settle(page)
+    page.get_by_role("tab", name="Inside the model").click()
+    charts_drawn(page, "saliency", "filters")
+    for caption in ("block1: 12 channels, 26x26", "block2: 16 channels, 24x24", "transition: 10 channels, 24x24",
+                    "block3: 12 channels, 10x10", "block4: 16 channels, 8x8", "block5: 30 channels, 6x6"):
+        shown = page.get_by_test_id("stImage").filter(has=page.get_by_text(caption, exact=True))
+        expect(shown).to_have_count(1)
+        expect(shown.locator("img")).to_be_visible()

@@ -47,10 +47,19 @@ def confusion_section(run: Run) -> None:
         z = np.log1p(off).astype(float)  # colour the mistakes; the diagonal would drown them
         fig = go.Figure(go.Heatmap(
             z=z, x=[str(i) for i in range(10)], y=[str(i) for i in range(10)], text=text, texttemplate="%{text}",
-            colorscale="Reds", showscale=False, hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+            colorscale="Reds", showscale=False, hoverinfo="skip",
         ))
-        fig.update_layout(title="Confusion matrix (click a cell)", xaxis_title="predicted", yaxis_title="true",
-                          yaxis_autorange="reversed", height=430, margin=dict(l=10, r=10, t=40, b=10))
+        # Plotly cannot select a heatmap's cells: an invisible square marker on each cell takes the click
+        cells = [(i, j) for i in range(10) for j in range(10)]
+        clear = dict(marker=dict(opacity=0))
+        fig.add_scatter(
+            x=[str(j) for _, j in cells], y=[str(i) for i, _ in cells], text=[str(m[i, j]) for i, j in cells],
+            mode="markers", marker=dict(symbol="square", size=30, opacity=0), selected=clear, unselected=clear,
+            showlegend=False, hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+        )
+        fig.update_layout(title="Confusion matrix (click a cell)", height=430, margin=dict(l=10, r=10, t=40, b=10),
+                          xaxis=dict(title="predicted", range=[-0.5, 9.5], dtick=1),
+                          yaxis=dict(title="true", range=[9.5, -0.5], dtick=1))  # the cells fill the plot; 0 on top
         event = st.plotly_chart(fig, key=f"cm_{run.name}", on_select="rerun", selection_mode="points")
     with c2:
         per = ev.per_class_accuracy()
@@ -63,9 +72,13 @@ def confusion_section(run: Run) -> None:
     worst = sorted(((int(off[i, j]), i, j) for i in range(10) for j in range(10) if off[i, j]), reverse=True)
     options = [f"true {i} → predicted {j} ({n})" for n, i, j in worst]
     points = (event or {}).get("selection", {}).get("points", []) if event else []
-    if points:  # a click on the chart picks the cell
-        i, j = int(points[0]["y"]), int(points[0]["x"])
-        st.session_state[f"cell_{run.name}"] = next((o for o in options if o.startswith(f"true {i} → predicted {j} ")), None)
+    clicked = (int(points[0]["y"]), int(points[0]["x"])) if points else None
+    if clicked and clicked != st.session_state.get(f"cm_clicked_{run.name}"):  # a new click on the chart picks the cell
+        i, j = clicked
+        option = next((o for o in options if o.startswith(f"true {i} → predicted {j} ")), None)
+        if option:  # a cell with mistakes; the selectbox keeps its choice until the next click
+            st.session_state[f"cell_{run.name}"] = option
+    st.session_state[f"cm_clicked_{run.name}"] = clicked
     if not options:
         st.success("No mistakes on the test set.")
         return
