@@ -17,9 +17,22 @@ def mnist():
 
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
+    """A fresh runs folder, also the one the pages read (MNIST_LAB_RUNS)."""
     d = tmp_path / "runs"
     d.mkdir()
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(d))
     return d
+
+
+@pytest.fixture
+def app(runs_dir):
+    """The app under AppTest after its first run, on a fresh runs folder."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
 
 
 def pytest_collection_modifyitems(config, items):

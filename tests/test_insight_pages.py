@@ -21,22 +21,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest_kit import chart_keys, page, texts
+
 from mnist_core import handwriting, insight, jobs
 from mnist_core.bench import synthetic_drawing
 from mnist_core.config import ModelConfig, TrainConfig, get_preset, replace
 from mnist_core.draw import predict, steps
 from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    d = tmp_path / "runs"
-    d.mkdir()
-    monkeypatch.setenv("MNIST_LAB_RUNS", str(d))
-    return d
-
 
 @pytest.fixture
 def hw_dir(tmp_path, monkeypatch):
@@ -45,29 +36,6 @@ def hw_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_LAB_HANDWRITING", str(d))
     monkeypatch.setattr(handwriting, "HANDWRITING_DIR", d)
     return d
-
-
-@pytest.fixture
-def app(runs_dir):
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def page(at: AppTest, path: str) -> AppTest:
-    at.switch_page(path).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def texts(elements) -> list[str]:
-    return [e.value for e in elements]
-
-
-def chart_keys(node) -> set[str]:
-    """Keys of the plotly charts under a node (the user key is the end of the element id)."""
-    return {c.proto.id.rsplit("-", 1)[-1] for c in node.get("plotly_chart")}
 
 
 def captions_of_images(node) -> list[str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest_kit import chart_keys, page, texts
+
 from mnist_core import jobs
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.model import count_params
@@ -14,32 +16,6 @@ from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py"]
-
-
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    d = tmp_path / "runs"
-    d.mkdir()
-    monkeypatch.setenv("MNIST_LAB_RUNS", str(d))
-    return d
-
-
-@pytest.fixture
-def app(runs_dir):
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def page(at: AppTest, path: str) -> AppTest:
-    at.switch_page(path).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def texts(elements) -> list[str]:
-    return [e.value for e in elements]
 
 
 def total(at: AppTest) -> str:
@@ -52,11 +28,6 @@ def button(at: AppTest, label: str):
     found = [b for b in at.button if b.label == label]
     assert len(found) == 1, [b.label for b in at.button]
     return found[0]
-
-
-def chart_keys(at: AppTest) -> set[str]:
-    """Keys of the plotly charts on the page (the user key is the end of the element id)."""
-    return {c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")}
 
 
 @pytest.fixture(scope="module")
