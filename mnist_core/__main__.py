@@ -124,7 +124,7 @@ def new_run(args):
     """(run, data) for `train` from a preset and options; nothing is written on bad input."""
     from mnist_core.data import load_mnist
     from mnist_core.runs import RUNS_DIR, Run, check_run_name
-    from mnist_core.train import resolve_device
+    from mnist_core.train import check_can_train
 
     preset = get_preset(args.preset)
     model_cfg = model_config(args, preset.model)
@@ -136,10 +136,7 @@ def new_run(args):
     }
     changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})
     train_cfg = replace(preset.train, **changes)
-    resolve_device(train_cfg.device)  # refuse an unavailable device before writing anything
-    data_size = train_cfg.limit_train or 60000
-    if train_cfg.batch_size > data_size:
-        raise UserError(f"batch-size {train_cfg.batch_size} is larger than the training set ({data_size} images)")
+    check_can_train(train_cfg)  # before anything is written
     if args.name and args.run_dir is None:
         check_run_name(args.name)
     data = load_mnist()  # verified before the run directory exists: bad data leaves nothing behind

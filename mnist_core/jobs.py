@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from mnist_core.config import ConfigError, ModelConfig, TrainConfig
+from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,14 +71,10 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
     Each spec holds start()'s arguments. The first run is `running`, the others `queued` until
     their turn; stopping one cancels those after it. Raises Busy if a training is running.
     """
-    from mnist_core.train import resolve_device
+    from mnist_core.train import check_can_train
 
     for spec in specs:
-        cfg = spec["train_cfg"]
-        resolve_device(cfg.device)
-        if cfg.batch_size > (cfg.limit_train or 60000):
-            raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set "
-                              f"({cfg.limit_train or 60000} images)")
+        check_can_train(spec["train_cfg"])
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)

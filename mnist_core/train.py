@@ -44,6 +44,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_can_train(cfg: TrainConfig, train_size: int = 60000) -> None:
+    """Refuse, before anything is written, settings that cannot train here: an unavailable
+    device, or a batch larger than the training set (train_size images unless limit_train)."""
+    resolve_device(cfg.device)
+    size = cfg.limit_train or train_size
+    if cfg.batch_size > size:
+        raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set ({size} images)")
+
+
 @torch.no_grad()
 def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> tuple[float, float, int]:
     """(mean loss, accuracy in %, correct count) on uint8 images x and labels y, in large batches."""

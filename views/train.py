@@ -5,7 +5,6 @@ import streamlit as st
 from mnist_core import jobs
 from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
-from mnist_core.train import resolve_device
 from views.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir, save_settings, saved_settings
 
 SIZES = {"all 60,000": None, "10,000": 10000, "5,000": 5000, "2,000": 2000, "1,000": 1000}
@@ -63,7 +62,6 @@ stop = b2.button("Stop", disabled=not active)
 if start:
     try:
         cfg = TrainConfig(**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, limit_train=SIZES[st.session_state.tr_size])
-        resolve_device(cfg.device)
         run = jobs.start(runs_dir(), model_cfg, cfg, name=run_name.strip() or None, target=target.strip() or None)
         st.session_state.tr_run = run.name
         active = run.name
