@@ -27,6 +27,16 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be whole numbers separated by commas, got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and not negative, got {text!r}")
+    return seeds
+
+
 def parse_widths(text: str) -> tuple[int, ...]:
     parts = [p.strip() for p in text.split(",")]
     try:
@@ -84,10 +94,16 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the bundled model)")
     p.add_argument("images", nargs="+", type=Path)
 
-    p = sub.add_parser("bench", help="images/s of the reference pipeline vs the core's, and UI latencies")
+    p = sub.add_parser("bench", help="images/s of the reference pipeline vs the core's, and UI latencies; "
+                                     "or, with --accuracy, a preset's accuracy and time to a goal over seeds")
     p.add_argument("--quick", action="store_true", help="fewer batches: under 30 seconds")
     p.add_argument("--batches", type=int, help="timed batches per pipeline")
     p.add_argument("--device", default="auto")
+    p.add_argument("--accuracy", metavar="PRESET",
+                   help=f"train PRESET ({', '.join(PRESETS)}) once per seed and report its last three epochs' "
+                        "test accuracy and its time to --goal")
+    p.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3], help="with --accuracy: comma-separated (default 1,2,3)")
+    p.add_argument("--goal", type=float, default=99.4, help="with --accuracy: test accuracy in %% (default 99.4)")
     return parser
 
 
@@ -262,8 +278,20 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from mnist_core.bench import run_bench
+    from mnist_core.bench import accuracy_bench, run_bench
+    from mnist_core.train import check_can_train
 
+    if args.accuracy is not None:
+        if args.quick or args.batches is not None:
+            raise UserError("--quick and --batches time the pipelines; they do not go with --accuracy")
+        if not 0 < args.goal <= 100:
+            raise UserError(f"--goal is {args.goal:g}: it must be a test accuracy above 0 and at most 100 (%)")
+        preset = get_preset(args.accuracy)
+        if args.device != "auto":
+            preset = replace(preset, train=replace(preset.train, device=args.device))
+        check_can_train(preset.train)
+        accuracy_bench(preset, args.seeds, args.goal)
+        return 0
     if args.batches is not None and args.batches < 1:
         raise UserError(f"--batches is {args.batches}: it must be at least 1")
     run_bench(quick=args.quick, batches=args.batches, device=args.device)

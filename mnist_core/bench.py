@@ -1,4 +1,7 @@
-"""Benchmark: the reference notebook's input pipeline against the core's, same model, same batch.
+"""Benchmarks: throughput of the reference notebook's pipeline against the core's, and a preset's
+accuracy and time to a goal accuracy over several seeds.
+
+Throughput (run_bench), same model, same batch:
 
 Reference pipeline: torchvision MNIST with ToTensor + Normalize per image, through a DataLoader
 (batch 64, shuffled, no workers, as the notebook ran on a CPU), SGD 0.01/0.9, and the notebook's
@@ -8,11 +11,16 @@ fp32 and with bf16 autocast.
 Both train the reference model for a fixed number of batches after a warm-up; images/s is timed
 over the batches after the warm-up only. Also timed: building a model + counting its parameters
 (what the Architecture page does per change) and one canvas prediction, preprocessing included.
+
+Accuracy (accuracy_bench): a preset trained once per seed, in this process, one after the other;
+for each seed the test accuracy of the last three epochs and the wall time from the start (data
+loading included) to the end of the first epoch whose test accuracy reaches the goal.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import statistics
 import time
 
@@ -21,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mnist_core.config import PRECISIONS, ModelConfig, TrainConfig
+from mnist_core.config import PRECISIONS, ModelConfig, Preset, TrainConfig, replace
 from mnist_core.data import DATA_DIR, load_mnist, verify
 from mnist_core.model import build_model, count_params
-from mnist_core.train import train
+from mnist_core.train import resolve_device, train
 
 BATCH = 64
 
@@ -163,3 +171,44 @@ def run_bench(quick: bool = False, batches: int | None = None, device: str = "au
         results[label] = ms
     print_fn(f"speedup: {results['cpu']['speedup']:.1f}x")  # cpu, the core's faster precision
     return results
+
+
+def accuracy_bench(preset: Preset, seeds: list[int], goal: float = 99.4, print_fn=print) -> dict:
+    """Train `preset` once per seed; report the last three epochs' test accuracy and the time to `goal`."""
+    m, t = preset.model, preset.train
+    device = resolve_device(t.device)
+    print_fn(f"{preset.name}: {count_params(m):,} parameters ({m.describe()}); {t.epochs} epochs, batch {t.batch_size}, "
+             f"{t.scheduler} lr {t.lr:g}, {t.precision}, augment {t.augment:g}; goal {goal:.2f}% test accuracy")
+    print_fn(f"torch {torch.__version__}, {device.type}, {torch.get_num_threads()} CPU threads; seeds {', '.join(map(str, seeds))}")
+    per_seed = {}
+    for seed in seeds:
+        start = time.perf_counter()
+        accs, reached = [], None
+
+        def on_record(r):
+            nonlocal reached
+            if r["kind"] != "epoch":
+                return
+            accs.append(r["test_acc"])
+            if reached is None and r["test_acc"] >= goal:
+                reached = (r["epoch"], time.perf_counter() - start)
+
+        train(m, replace(t, seed=seed), load_mnist(), callback=on_record)
+        last3 = accs[-3:]
+        best = max(accs)
+        when = (f"epoch {reached[0]}, {reached[1]:.0f} s" if reached
+                else f"never (best {best:.2f} at epoch {accs.index(best) + 1})")
+        print_fn(f"seed {seed}: last 3 epochs {' '.join(f'{a:.2f}' for a in last3)} (min {min(last3):.2f}); "
+                 f"first at goal: {when}; {time.perf_counter() - start:.0f} s in all")
+        per_seed[seed] = {"test_acc": accs, "last3": last3, "epoch_at_goal": reached and reached[0],
+                          "seconds_to_goal": reached and reached[1]}
+    last = [a for s in per_seed.values() for a in s["last3"]]
+    held = sum(min(s["last3"]) >= goal for s in per_seed.values())
+    times = [s["seconds_to_goal"] if s["seconds_to_goal"] is not None else math.inf for s in per_seed.values()]
+    median_time = statistics.median(times)
+    print_fn(f"last 3 epochs over {len(seeds)} seeds: mean {statistics.mean(last):.2f}, min {min(last):.2f}; "
+             f"goal held in each of them on {held}/{len(seeds)} seeds")
+    print_fn(f"time to goal, median of {len(seeds)} seeds: "
+             + (f"{median_time:.0f} s" if median_time != math.inf else "not reached"))
+    return {"seeds": per_seed, "mean": statistics.mean(last), "min": min(last), "held": held,
+            "median_seconds_to_goal": median_time}

@@ -1,4 +1,7 @@
 import re
+from dataclasses import replace
+
+import pytest
 
 from mnist_core.__main__ import main
 
@@ -14,3 +17,47 @@ def test_bench_quick_runs_and_prints_its_figures(capsys):
     assert re.search(r"model build \+ param count: [\d.]+ ms", text)
     assert re.search(r"canvas prediction \(preprocess \+ forward\): [\d.]+ ms", text)
     assert re.fullmatch(r"speedup: \d+\.\dx", out[-1])
+
+
+@pytest.fixture
+def tiny_quick(monkeypatch):
+    """The quick preset on 1,280 training and 500 test images: the same code path in seconds."""
+    from mnist_core import config
+
+    quick = config.PRESETS["quick"]
+    monkeypatch.setitem(config.PRESETS, "quick",
+                        replace(quick, train=replace(quick.train, limit_train=1280, limit_test=500)))
+
+
+def test_bench_accuracy_trains_each_seed_and_reports_the_goal(capsys, tiny_quick):
+    assert main(["bench", "--accuracy", "quick", "--seeds", "1,2", "--goal", "10"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    seeds = [line for line in out if line.startswith("seed ")]
+    assert len(seeds) == 2
+    for line in seeds:
+        m = re.match(r"seed \d: last 3 epochs ([\d.]+) ([\d.]+) \(min ([\d.]+)\); first at goal: epoch (\d), (\d+) s", line)
+        assert m, line  # the quick preset runs 2 epochs, so "last 3" holds both
+        assert float(m.group(3)) == min(float(m.group(1)), float(m.group(2)))
+    assert re.fullmatch(r"last 3 epochs over 2 seeds: mean [\d.]+, min [\d.]+; goal held in each of them on [0-2]/2 seeds", out[-2])
+    assert re.fullmatch(r"time to goal, median of 2 seeds: \d+ s", out[-1])
+
+
+def test_bench_accuracy_says_never_when_the_goal_is_not_reached(capsys, tiny_quick):
+    assert main(["bench", "--accuracy", "quick", "--seeds", "3", "--goal", "100"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"first at goal: never \(best [\d.]+ at epoch \d\)", out)
+    assert "goal held in each of them on 0/1 seeds" in out
+    assert out.strip().endswith("time to goal, median of 1 seeds: not reached")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--accuracy", "nope"], "preset 'nope' is unknown"),
+    (["--accuracy", "quick", "--seeds", "1,x"], "seeds must be whole numbers"),
+    (["--accuracy", "quick", "--seeds", "1,1"], "distinct"),
+    (["--accuracy", "quick", "--goal", "120"], "--goal is 120"),
+    (["--accuracy", "quick", "--quick"], "do not go with --accuracy"),
+])
+def test_bench_accuracy_refuses_bad_arguments(capsys, argv, says):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and len(err.splitlines()) == 1
