@@ -80,6 +80,8 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, or bf16 autocast (faster on CPUs with AMX/AVX-512 BF16)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="test and save a moving average of the weights with this decay per step (0 = off)")
     p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")
     p.add_argument("--limit-test", type=parse_limit, default=KEEP, help="test on the first N images only ('all': every one)")
     p.add_argument("--run-dir", type=Path, help="directory for this run (default runs/<name>)")
@@ -147,7 +149,7 @@ def new_run(args):
     changes = {
         k: getattr(args, k)
         for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device",
-                  "precision")
+                  "precision", "ema")
         if getattr(args, k) is not None
     }
     changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})

@@ -178,7 +178,8 @@ def accuracy_bench(preset: Preset, seeds: list[int], goal: float = 99.4, print_f
     m, t = preset.model, preset.train
     device = resolve_device(t.device)
     print_fn(f"{preset.name}: {count_params(m):,} parameters ({m.describe()}); {t.epochs} epochs, batch {t.batch_size}, "
-             f"{t.scheduler} lr {t.lr:g}, {t.precision}, augment {t.augment:g}; goal {goal:.2f}% test accuracy")
+             f"{t.scheduler} lr {t.lr:g}, {t.precision}, augment {t.augment:g}"
+             f"{f', weight average (EMA {t.ema:g})' if t.ema else ''}; goal {goal:.2f}% test accuracy")
     print_fn(f"torch {torch.__version__}, {device.type}, {torch.get_num_threads()} CPU threads; seeds {', '.join(map(str, seeds))}")
     per_seed = {}
     for seed in seeds:

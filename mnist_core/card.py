@@ -26,6 +26,8 @@ def target_text(cfg: dict) -> str:
         aug += f", weight decay {train['weight_decay']:g}"
     if train.get("precision", "fp32") != "fp32":
         aug += f", {train['precision']} autocast"
+    if train.get("ema"):
+        aug += f", weights averaged (EMA {train['ema']:g})"
     lines = []
     if cfg.get("target"):
         lines.append(cfg["target"])

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import MNIST, normalize, training_batch
@@ -152,6 +153,10 @@ def train(
     # bf16 autocast: convolutions in bfloat16 (AMX / AVX-512 BF16 on recent CPUs: about 1.9x here)
     bf16 = cfg.precision == "bf16"
     opt, sched, sched_per_batch = make_optimizer(model, cfg, batches)
+    # With cfg.ema, a moving average of the weights and BatchNorm statistics is what is tested, saved
+    # and returned; the optimizer keeps stepping the live weights.
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    tested = average.module if average is not None else model
 
     t_start = time.perf_counter()
     step, best_acc, best_epoch = cfg.start_epoch * batches, -1.0, 0
@@ -173,6 +178,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update_parameters(model)
             if sched_per_batch:
                 sched.step()
             step += 1
@@ -192,14 +199,14 @@ def train(
                 record = {"kind": "stopped", "epoch": epoch, "batch": b + 1, "step": step}
                 callback(record)
                 if checkpoint:
-                    checkpoint(model, record, False)
-                return TrainResult(model, epoch - first, True, max(best_acc, 0.0), best_epoch)
+                    checkpoint(tested, record, False)
+                return TrainResult(tested, epoch - first, True, max(best_acc, 0.0), best_epoch)
 
         lr = opt.param_groups[0]["lr"]  # the rate of this epoch's last step
         if sched is not None and not sched_per_batch:
             sched.step()
         train_seconds = time.perf_counter() - t0
-        test_loss, test_acc, test_correct = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size)
+        test_loss, test_acc, test_correct = evaluate(tested, data.test_x, data.test_y, cfg.eval_batch_size)
         record = {
             "kind": "epoch", "epoch": epoch, "epochs": last,
             "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
@@ -213,5 +220,5 @@ def train(
             best_acc, best_epoch = test_acc, epoch
         callback(record)
         if checkpoint:
-            checkpoint(model, record, is_best)
-    return TrainResult(model, cfg.epochs, False, best_acc, best_epoch)
+            checkpoint(tested, record, is_best)
+    return TrainResult(tested, cfg.epochs, False, best_acc, best_epoch)

@@ -89,6 +89,7 @@ def test_batch_larger_than_dataset_is_refused(mnist):
         ({"lr": 0}, "lr is 0"), ({"lr": -1}, "lr is -1"), ({"epochs": 0}, "epochs is 0"),
         ({"batch_size": 0}, "batch-size is 0"), ({"scheduler": "cosine"}, "scheduler 'cosine'"),
         ({"device": "tpu"}, "device 'tpu'"), ({"augment": 90}, "augment is 90"),
+        ({"ema": 1.0}, "ema is 1: it must be at least 0 and below 1"), ({"ema": -0.5}, "ema is -0.5"),
     ],
 )
 def test_bad_training_settings_are_refused(kw, match):
@@ -123,3 +124,27 @@ def test_limit_keeps_the_first_images(mnist):
     small_set = mnist.limit(100, 50)
     assert isinstance(small_set, MNIST)
     assert len(small_set.train_x) == 100 and len(small_set.test_y) == 50
+
+
+def test_ema_tests_and_saves_the_averaged_weights_of_the_same_training(mnist):
+    from mnist_core.card import target_text
+
+    def run(cfg):
+        records, saved = [], []
+        result = train(ModelConfig(), cfg, mnist, callback=records.append,
+                       checkpoint=lambda model, record, best: saved.append(model))
+        return records, saved, result
+
+    plain, plain_saved, plain_result = run(small(epochs=2))
+    ema, ema_saved, ema_result = run(small(epochs=2, ema=0.9))
+    # the optimizer steps the same live weights: the same batch losses
+    assert [r["loss"] for r in plain if r["kind"] == "batch"] == [r["loss"] for r in ema if r["kind"] == "batch"]
+    # but what is tested, saved and returned is the average, BatchNorm statistics included
+    assert [r["test_loss"] for r in plain if r["kind"] == "epoch"] != [r["test_loss"] for r in ema if r["kind"] == "epoch"]
+    assert ema_saved[-1] is ema_result.model and plain_saved[-1] is plain_result.model
+    live, averaged = plain_result.model.state_dict(), ema_result.model.state_dict()
+    assert live.keys() == averaged.keys()
+    assert not torch.equal(live["0.weight"], averaged["0.weight"])
+    assert not torch.equal(live["1.running_mean"], averaged["1.running_mean"])
+    assert ema_result.model.config == ModelConfig()
+    assert "weights averaged (EMA 0.998)" in target_text({"model": {"widths": [1] * 6}, "train": {"ema": 0.998}})

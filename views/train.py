@@ -8,7 +8,8 @@ from mnist_core.runs import Run, RunError, list_runs
 from views.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir, save_settings, saved_settings
 
 SIZES = {"all 60,000": None, "10,000": 10000, "5,000": 5000, "2,000": 2000, "1,000": 1000}
-FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", "seed", "device", "precision")
+FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", "seed", "device", "precision",
+          "ema")
 
 
 def set_hyper(cfg: TrainConfig) -> None:
@@ -32,7 +33,7 @@ if "tr_epochs" not in st.session_state:  # first visit, or back from another pag
 
 with st.expander("Settings", expanded=True):
     st.selectbox("Load settings of a preset", list(PRESETS), index=None, key="tr_preset", on_change=on_preset,
-                 placeholder="reference, lean, quick...")
+                 placeholder=", ".join(PRESETS) + "...")
     c1, c2, c3, c4 = st.columns(4)
     c1.number_input("Epochs", 1, 100, key="tr_epochs")
     c2.selectbox("Batch size", [16, 32, 64, 128, 256, 512], key="tr_batch_size")
@@ -45,12 +46,17 @@ with st.expander("Settings", expanded=True):
               help="random rotation up to this angle, with a matching small shift and scale; 0 = off")
     c3.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
     c4.selectbox("Training images", list(SIZES), key="tr_size", help="a subset trains faster, for a quick try")
-    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
+    c1, c2, c3, _ = st.columns(4)
     c1.selectbox("Device", DEVICES, key="tr_device")
     c2.selectbox("Precision", PRECISIONS, key="tr_precision",
                  help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs")
-    run_name = c3.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
-    target = c4.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
+    c3.number_input("Weight average (EMA decay)", min_value=0.0, max_value=0.9999, step=0.001, format="%.4f",
+                    key="tr_ema", help="a moving average of the weights (and BatchNorm statistics), updated every "
+                    "step, is what is tested and saved: smoother and usually better than the last weights; "
+                    "0.998 averages over about the last 500 steps; 0 = off")
+    c1, c2 = st.columns([1, 2])
+    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
+    target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
 
 save_settings({f: st.session_state[f"tr_{f}"] for f in FIELDS}, SIZES[st.session_state.tr_size])
 
