@@ -160,7 +160,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "micro",
-            "4,794 parameters: lean's recipe on narrower layers.",
+            "4,794 parameters on lean's recipe: about 99.4% test accuracy, not on every seed.",
             ModelConfig(widths=(10, 14, 8, 10, 12, 12), batchnorm=True, dropout=0.0),
             LEAN_RECIPE,
         ),
