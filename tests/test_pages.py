@@ -167,6 +167,20 @@ def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypa
     assert not button(app, "Start training").disabled and button(app, "Stop").disabled
 
 
+def test_train_page_preset_carries_every_setting_to_the_training(app, runs_dir, monkeypatch):
+    from mnist_core.config import get_preset
+
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda runs_dir, model_cfg, cfg, **kw: started.append(cfg) or Run.create(
+        runs_dir, model_cfg, cfg, name="captured"))
+    page(app, "views/train.py")
+    app.selectbox(key="tr_preset").set_value("lean").run()
+    assert app.number_input(key="tr_ema").value == 0.998 and app.number_input(key="tr_lr").value == 0.2
+    button(app, "Start training").click().run()
+    assert not app.exception and not app.error
+    assert started == [get_preset("lean").train]  # the whole recipe, weight average included
+
+
 def test_train_page_shows_a_finished_run_with_its_card(app, finished_run):
     page(app, "views/train.py")
     assert "tiny: finished" in texts(app.subheader)
