@@ -6,7 +6,6 @@ Every error a user can cause ends with one line `error: ...` on stderr and exit 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from dataclasses import replace

@@ -1,6 +1,11 @@
 """Helpers shared by the AppTest page tests."""
 
+from pathlib import Path
+
 from streamlit.testing.v1 import AppTest
+
+from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.runs import Run, execute
 
 
 def page(at: AppTest, path: str) -> AppTest:
@@ -17,3 +22,11 @@ def texts(elements) -> list[str]:
 def chart_keys(node) -> set[str]:
     """Keys of the plotly charts under an AppTest or an element (the user key ends the element id)."""
     return {c.proto.id.rsplit("-", 1)[-1] for c in node.get("plotly_chart")}
+
+
+def finished_tiny_run(folder: Path, mnist, **settings) -> Path:
+    """A finished one-epoch run named "tiny" of the reference model, trained with lr 0.05 and `settings`."""
+    run = Run.create(folder, ModelConfig(), TrainConfig(epochs=1, lr=0.05, **settings), name="tiny")
+    execute(run, mnist)
+    assert run.status["status"] == "finished"
+    return run.path

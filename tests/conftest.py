@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -33,6 +32,17 @@ def app(runs_dir):
     at.run()
     assert not at.exception
     return at
+
+
+@pytest.fixture
+def finished_run(runs_dir, trained):
+    """A copy of the module's `trained` run in the fresh runs folder."""
+    import shutil
+
+    from mnist_core.runs import Run
+
+    shutil.copytree(trained, runs_dir / trained.name)
+    return Run(runs_dir / trained.name)
 
 
 def pytest_collection_modifyitems(config, items):

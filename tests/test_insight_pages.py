@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -17,17 +16,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import chart_keys, page, texts
+from apptest_kit import chart_keys, finished_tiny_run, page, texts
 
 from mnist_core import handwriting, insight, jobs
 from mnist_core.bench import synthetic_drawing
-from mnist_core.config import ModelConfig, TrainConfig, get_preset, replace
+from mnist_core.config import ModelConfig, get_preset, replace
 from mnist_core.draw import predict, steps
-from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint
+from mnist_core.runs import BUNDLED_CHECKPOINT, Run, load_checkpoint
 
 @pytest.fixture
 def hw_dir(tmp_path, monkeypatch):
@@ -58,17 +56,7 @@ def wait_idle(runs_dir: Path, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mnist) -> Path:
     """A finished one-epoch run on 640 images, evaluated on the whole test set, trained once for the module."""
-    cfg = TrainConfig(epochs=1, limit_train=640, limit_test=None, lr=0.05)
-    run = Run.create(tmp_path_factory.mktemp("trained"), ModelConfig(), cfg, name="tiny")
-    execute(run, mnist)
-    assert run.status["status"] == "finished"
-    return run.path
-
-
-@pytest.fixture
-def finished_run(runs_dir, trained) -> Run:
-    shutil.copytree(trained, runs_dir / trained.name)
-    return Run(runs_dir / trained.name)
+    return finished_tiny_run(tmp_path_factory.mktemp("trained"), mnist, limit_train=640, limit_test=None)
 
 
 # -- Draw --------------------------------------------------------------------------------------

@@ -1,18 +1,17 @@
 """The five pages under Streamlit's AppTest: each script runs headless against a fresh runs folder."""
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import chart_keys, page, texts
+from apptest_kit import chart_keys, finished_tiny_run, page, texts
 
 from mnist_core import jobs
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.model import count_params
-from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint
+from mnist_core.runs import BUNDLED_CHECKPOINT, Run, load_checkpoint
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py"]
@@ -32,18 +31,8 @@ def button(at: AppTest, label: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mnist) -> Path:
-    """A finished one-epoch run, trained once for the module."""
-    cfg = TrainConfig(epochs=1, limit_train=320, limit_test=100, lr=0.05)
-    run = Run.create(tmp_path_factory.mktemp("trained"), ModelConfig(), cfg, name="tiny")
-    execute(run, mnist)
-    assert run.status["status"] == "finished"
-    return run.path
-
-
-@pytest.fixture
-def finished_run(runs_dir, trained) -> Run:
-    shutil.copytree(trained, runs_dir / trained.name)
-    return Run(runs_dir / trained.name)
+    """A finished one-epoch run on 320 images, tested on 100, trained once for the module."""
+    return finished_tiny_run(tmp_path_factory.mktemp("trained"), mnist, limit_train=320, limit_test=100)
 
 
 # -- every page ------------------------------------------------------------------------------
