@@ -9,8 +9,10 @@ loop body (per-batch accuracy, loss list, tqdm description).
 Core pipeline: mnist_core.train.train on the in-memory uint8 tensors, same model and batch, in
 fp32 and with bf16 autocast.
 Both train the reference model for a fixed number of batches after a warm-up; images/s is timed
-over the batches after the warm-up only. Also timed: building a model + counting its parameters
-(what the Architecture page does per change) and one canvas prediction, preprocessing included.
+over the batches after the warm-up only. Then the model's convolutions alone, forward and
+backward, in the core's faster precision: the ceiling that these kernels put on any pipeline.
+Also timed: building a model + counting its parameters (what the Architecture page does per
+change) and one canvas prediction, preprocessing included.
 
 Accuracy (accuracy_bench): a preset trained once per seed, in this process, one after the other;
 for each seed the test accuracy of the last three epochs and the wall time from the start (data
@@ -91,6 +93,37 @@ def core_pipeline(device: torch.device, warmup: int, batches: int, data, precisi
     return batches * BATCH / (times[warmup + batches] - times[warmup])
 
 
+def convolution_ms(device: torch.device, precision: str, repeat: int) -> float:
+    """ms per batch spent in the reference model's convolutions alone, forward and backward.
+
+    Each convolution runs on a saved input of the shape it sees in training (the first needs no
+    input gradient, as in training); nothing else of the step is timed. BATCH / this time bounds
+    the images/s that any pipeline built on these convolution kernels can reach.
+    """
+    torch.manual_seed(0)
+    model = build_model(ModelConfig()).to(device)
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    inputs = []
+    hooks = [c.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach())) for c in convs]
+    with torch.no_grad():
+        model(torch.randn(BATCH, 1, 28, 28, device=device))
+    for h in hooks:
+        h.remove()
+    inputs = [x.requires_grad_(i > 0) for i, x in enumerate(inputs)]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        grads = [torch.randn_like(c(x)) for c, x in zip(convs, inputs)]
+
+    def convolutions():
+        for c, x, g in zip(convs, inputs, grads):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                y = c(x)
+            y.backward(g)
+            c.weight.grad = x.grad = None
+        _sync(device)
+
+    return _median_ms(convolutions, repeat)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -163,9 +196,12 @@ def run_bench(quick: bool = False, batches: int | None = None, device: str = "au
             print_fn(f"[{name}] core pipeline, {p}: {c:,.0f} images/s ({c / r:.1f}x)")
             if best is None or c > best[1]:
                 best = (p, c)
+        conv_ms = convolution_ms(dev, best[0], 5 if quick else 50)
+        print_fn(f"[{name}] convolutions alone, {best[0]}: {conv_ms:.2f} ms per batch, "
+                 f"so at most {BATCH / conv_ms * 1000:,.0f} images/s ({BATCH / conv_ms * 1000 / r:.1f}x)")
         print_fn(f"[{name}] speedup: {best[1] / r:.1f}x (core {best[0]})")
         results[dev.type] = {"reference": r, **{f"core {p}": statistics.median(core[p]) for p in PRECISIONS},
-                             "speedup": best[1] / r, "best": best[0]}
+                             "speedup": best[1] / r, "best": best[0], "convolutions ms": conv_ms}
     for label, ms in latency(5 if quick else 50).items():
         print_fn(f"{label}: {ms:.2f} ms")
         results[label] = ms

@@ -14,6 +14,9 @@ def test_bench_quick_runs_and_prints_its_figures(capsys):
     core = re.search(r"\[cpu\] core pipeline, bf16: ([\d,]+) images/s", text)
     assert ref and core
     assert float(ref.group(1).replace(",", "")) > 0 and float(core.group(1).replace(",", "")) > 0
+    ceiling = re.search(r"\[cpu\] convolutions alone, (fp32|bf16): ([\d.]+) ms per batch, so at most ([\d,]+) images/s", text)
+    assert ceiling, text
+    assert float(ceiling.group(3).replace(",", "")) == pytest.approx(64_000 / float(ceiling.group(2)), rel=0.02)
     assert re.search(r"model build \+ param count: [\d.]+ ms", text)
     assert re.search(r"canvas prediction \(preprocess \+ forward\): [\d.]+ ms", text)
     assert re.fullmatch(r"speedup: \d+\.\dx", out[-1])
