@@ -94,33 +94,37 @@ def core_pipeline(device: torch.device, warmup: int, batches: int, data, precisi
 
 
 def convolution_ms(device: torch.device, precision: str, repeat: int) -> float:
-    """ms per batch spent in the reference model's convolutions alone, forward and backward.
+    """ms per batch spent in the reference model's convolution kernels alone, forward and backward.
 
-    Each convolution runs on a saved input of the shape it sees in training (the first needs no
-    input gradient, as in training); nothing else of the step is timed. BATCH / this time bounds
-    the images/s that any pipeline built on these convolution kernels can reach.
+    Each convolution runs on an input of the shape it sees in training, with input and weights
+    already in `precision` (no casts), and computes the gradients training needs (the first layer
+    needs none for its input). Nothing else of a training step is timed, so BATCH / this time
+    bounds the images/s that any training loop built on these kernels can reach.
     """
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
     model = build_model(ModelConfig()).to(device)
     convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
     inputs = []
-    hooks = [c.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach())) for c in convs]
+    hooks = [c.register_forward_hook(lambda mod, args, out: inputs.append(args[0])) for c in convs]
     with torch.no_grad():
         model(torch.randn(BATCH, 1, 28, 28, device=device))
     for h in hooks:
         h.remove()
-    inputs = [x.requires_grad_(i > 0) for i, x in enumerate(inputs)]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        grads = [torch.randn_like(c(x)) for c, x in zip(convs, inputs)]
+    layers = []
+    for i, (c, x) in enumerate(zip(convs, inputs)):
+        x = x.to(dtype).requires_grad_(i > 0)
+        w = c.weight.detach().to(dtype).requires_grad_()
+        g = torch.randn_like(F.conv2d(x, w))
+        layers.append((x, w, g))
 
     def convolutions():
-        for c, x, g in zip(convs, inputs, grads):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                y = c(x)
-            y.backward(g)
-            c.weight.grad = x.grad = None
+        for x, w, g in layers:
+            torch.autograd.grad(F.conv2d(x, w), [x, w] if x.requires_grad else [w], g)
         _sync(device)
 
+    for _ in range(5):  # kernel selection and first-touch memory happen in the first calls
+        convolutions()
     return _median_ms(convolutions, repeat)
 
 
@@ -183,11 +187,12 @@ def run_bench(quick: bool = False, batches: int | None = None, device: str = "au
     results = {}
     for dev in devices:
         name = dev.type if dev.type == "cpu" else f"cuda ({torch.cuda.get_device_name(dev)})"
-        ref, core = [], {p: [] for p in PRECISIONS}
-        for _ in range(repeats):  # interleaved, so a noisy moment hits every pipeline
+        ref, core, conv = [], {p: [] for p in PRECISIONS}, {p: [] for p in PRECISIONS}
+        for _ in range(repeats):  # interleaved, so a noisy moment hits every measurement
             ref.append(reference_pipeline(dev, warmup, batches))
             for p in PRECISIONS:
                 core[p].append(core_pipeline(dev, warmup, batches, data, p))
+                conv[p].append(convolution_ms(dev, p, 5 if quick else 30))
         r = statistics.median(ref)
         print_fn(f"[{name}] reference pipeline:    {r:,.0f} images/s")
         best = None
@@ -196,7 +201,7 @@ def run_bench(quick: bool = False, batches: int | None = None, device: str = "au
             print_fn(f"[{name}] core pipeline, {p}: {c:,.0f} images/s ({c / r:.1f}x)")
             if best is None or c > best[1]:
                 best = (p, c)
-        conv_ms = convolution_ms(dev, best[0], 5 if quick else 50)
+        conv_ms = statistics.median(conv[best[0]])
         print_fn(f"[{name}] convolutions alone, {best[0]}: {conv_ms:.2f} ms per batch, "
                  f"so at most {BATCH / conv_ms * 1000:,.0f} images/s ({BATCH / conv_ms * 1000 / r:.1f}x)")
         print_fn(f"[{name}] speedup: {best[1] / r:.1f}x (core {best[0]})")
