@@ -156,6 +156,29 @@ def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypa
     assert not button(app, "Start training").disabled and button(app, "Stop").disabled
 
 
+def test_train_page_start_turns_start_off_and_stop_on_at_once(app, runs_dir):
+    page(app, "views/train.py")
+    app.number_input(key="tr_epochs").set_value(50)
+    app.selectbox(key="tr_size").set_value("1,000")
+    app.text_input(key="tr_name").set_value("mine")
+    button(app, "Start training").click().run()
+    try:
+        assert not app.exception and not app.error
+        assert jobs.active(runs_dir) == "mine"
+        # the page drawn right after the click already offers Stop, not Start
+        assert button(app, "Start training").disabled and not button(app, "Stop").disabled
+        assert "Started mine" in texts(app.toast)
+        assert "mine: running" in texts(app.subheader)
+        button(app, "Stop").click().run()
+        wait_idle(runs_dir)
+    finally:
+        jobs.stop(Run(runs_dir / "mine"))
+        wait_idle(runs_dir)
+    app.run()
+    assert "mine: stopped" in texts(app.subheader)
+    assert not button(app, "Start training").disabled and button(app, "Stop").disabled
+
+
 def test_train_page_preset_carries_every_setting_to_the_training(app, runs_dir, monkeypatch):
     from mnist_core.config import get_preset
 

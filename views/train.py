@@ -55,11 +55,13 @@ with st.expander("Settings", expanded=True):
                     "step, is what is tested and saved: smoother and usually better than the last weights; "
                     "0.998 averages over about the last 500 steps; 0 = off")
     c1, c2 = st.columns([1, 2])
-    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>")
+    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>", key="tr_name")
     target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
 
 save_settings({f: st.session_state[f"tr_{f}"] for f in FIELDS}, SIZES[st.session_state.tr_size])
 
+if started := st.session_state.pop("tr_started", None):  # set just before the rerun below
+    st.toast(f"Started {started}")
 active = jobs.active(runs_dir())
 b1, b2, _ = st.columns([1, 1, 4])
 start = b1.button("Start training", type="primary", disabled=bool(active))
@@ -69,11 +71,11 @@ if start:
     try:
         cfg = TrainConfig(**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, limit_train=SIZES[st.session_state.tr_size])
         run = jobs.start(runs_dir(), model_cfg, cfg, name=run_name.strip() or None, target=target.strip() or None)
-        st.session_state.tr_run = run.name
-        active = run.name
-        st.toast(f"Started {run.name}")
+        st.session_state.tr_run = st.session_state.tr_started = run.name
     except (ConfigError, RunError, jobs.Busy) as e:
         st.error(str(e), icon="🚫")
+    else:
+        st.rerun()  # draw the buttons and the sidebar again: Start off, Stop on, the training named
 if stop and active:
     jobs.stop(Run(runs_dir() / active))
     st.toast(f"Asked {active} to stop; it saves its checkpoint after the current batch.")
