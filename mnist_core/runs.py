@@ -152,8 +152,12 @@ def load_checkpoint(path: Path | bytes, device: str = "cpu") -> tuple[Net, dict]
         model = build_model(cfg)
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (ConfigError, KeyError, TypeError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{name}: weights do not fit the architecture it names: {first[:200]}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+            lines = lines[1:]  # torch's header; the first real reason follows it
+        raise CheckpointError(f"{name}: weights do not fit the architecture it names: {lines[0][:200]}") from None
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise CheckpointError(f"{name}: its weights contain NaN or infinite values (a training that diverged?)")
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict",)}
     meta["model_config"] = cfg

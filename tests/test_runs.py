@@ -157,6 +157,11 @@ def make_bad_files(tmp_path):
     buf = io.BytesIO()
     torch.save({"weights": torch.zeros(3)}, buf)
     files["foreign torch file"] = buf.getvalue()
+    diverged = build_model(ModelConfig())
+    with torch.no_grad():
+        diverged[0].weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(tmp_path / "diverged.pt", diverged)
+    files["not finite"] = (tmp_path / "diverged.pt").read_bytes()
     return files
 
 
@@ -167,16 +172,18 @@ def _zip_with(content):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(
-    "kind", ["empty", "truncated", "text", "random zip", "other architecture", "foreign torch file"]
-)
-def test_bad_checkpoints_are_refused_clearly(tmp_path, kind):
+@pytest.mark.parametrize("kind, says", [
+    ("empty", "empty"), ("truncated", "not a PyTorch checkpoint"), ("text", "not a PyTorch checkpoint"),
+    ("random zip", "cannot load"), ("other architecture", "size mismatch for 0.weight"),
+    ("foreign torch file", "not an mnist-lab checkpoint"), ("not finite", "NaN or infinite"),
+])
+def test_bad_checkpoints_are_refused_clearly(tmp_path, kind, says):
     path = tmp_path / f"{kind}.pt"
     path.write_bytes(make_bad_files(tmp_path)[kind])
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(path)
     msg = str(e.value)
-    assert str(path) in msg and "\n" not in msg
+    assert str(path) in msg and says in msg and "\n" not in msg
     with pytest.raises(CheckpointError):
         load_checkpoint(path.read_bytes())  # same refusal for uploaded bytes
 
