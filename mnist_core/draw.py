@@ -18,10 +18,15 @@ import torch.nn.functional as F
 from mnist_core.data import normalize
 
 INK_THRESHOLD = 0.1  # ink level (0..1) that counts as drawn
+MIN_EXTENT = 0.1  # the ink must span this share of the image's longer side: smaller is a dot, not a digit
 
 
 class EmptyDrawing(ValueError):
     """The image holds no ink to read."""
+
+
+class TooSmall(EmptyDrawing):
+    """The ink is a dot or a speck: blown up to MNIST's 20 pixels it would read as anything."""
 
 
 class ImageError(ValueError):
@@ -75,6 +80,9 @@ def preprocess(image: np.ndarray) -> Preprocessed:
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     crop = ink[top:bottom, left:right]
     h, w = crop.shape
+    if max(h, w) < MIN_EXTENT * max(ink.shape):
+        raise TooSmall(f"the ink spans only {w}x{h} of {ink.shape[1]}x{ink.shape[0]} pixels, too small to read "
+                       f"as a digit: draw it larger")
     scale = 20.0 / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     t = torch.from_numpy(np.ascontiguousarray(crop))[None, None]

@@ -355,6 +355,12 @@ def test_draw_reads_a_one_and_a_seven(page, app_url, shots):
     expect(prediction).to_have_count(0)
     expect(page.get_by_role("button", name="Undo", exact=True)).to_be_disabled()  # a fresh canvas
 
+    draw(page, [(0.5, 0.5), (0.505, 0.5)])  # one click of the pen: a dot is not read as a digit
+    expect(page.get_by_text("That is too small to read as a digit")).to_be_visible()
+    expect(prediction).to_have_count(0)
+    page.get_by_role("button", name="Clear", exact=True).click()
+    expect(hint).to_be_visible()
+
     draw(page, [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)])  # a top bar and a diagonal: 7
     expect(prediction).to_have_text("Prediction: 7")
     settle(page)

@@ -39,7 +39,7 @@ from mnist_core import runs as runs_mod
 from mnist_core.__main__ import main
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import DATA_DIR, FILES
-from mnist_core.draw import EmptyDrawing, predict, preprocess
+from mnist_core.draw import EmptyDrawing, TooSmall, predict, preprocess
 from mnist_core.model import build_model
 from mnist_core.runs import (
     BUNDLED_CHECKPOINT,
@@ -817,10 +817,18 @@ def canvas(fill_rgb=(0, 0, 0), alpha=255):
     return a
 
 
+def specks() -> dict[str, np.ndarray]:
+    d = {}
+    d["single pixel"] = canvas(); d["single pixel"][140, 140, :3] = 255
+    d["pixel in a corner"] = canvas(); d["pixel in a corner"][0, 0, :3] = 255
+    d["one click of a 20 px pen"] = canvas(); d["one click of a 20 px pen"][130:150, 130:150, :3] = 255
+    d["a 27 px scribble"] = canvas(); d["a 27 px scribble"][100:127, 100:104, :3] = 255
+    return d
+
+
 def drawings() -> dict[str, np.ndarray]:
     d = {}
-    d["single dot"] = canvas(); d["single dot"][140, 140, :3] = 255
-    d["dot in a corner"] = canvas(); d["dot in a corner"][0, 0, :3] = 255
+    d["a 28 px stroke: a tenth of the canvas"] = canvas(); d["a 28 px stroke: a tenth of the canvas"][100:128, 100:104, :3] = 255
     d["stroke touching top and bottom"] = canvas(); d["stroke touching top and bottom"][:, 120:160, :3] = 255
     d["ink along every border"] = canvas(); frame = d["ink along every border"]
     frame[:20, :, :3] = frame[-20:, :, :3] = frame[:, :20, :3] = frame[:, -20:, :3] = 255
@@ -832,13 +840,17 @@ def drawings() -> dict[str, np.ndarray]:
     return d
 
 
-def test_drawing_edge_cases_never_raise_except_for_an_empty_canvas():
+def test_drawing_edge_cases_never_raise_except_for_an_empty_canvas_or_a_speck():
     model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
     for empty in (canvas(), canvas(alpha=0)):
-        with pytest.raises(EmptyDrawing):
+        with pytest.raises(EmptyDrawing, match="empty") as e:
             preprocess(empty)
+        assert not isinstance(e.value, TooSmall)
         with pytest.raises(EmptyDrawing):
             predict(model, empty)
+    for name, speck in specks().items():
+        with pytest.raises(TooSmall, match=r"spans only \d+x\d+ of 280x280 pixels, too small"):
+            predict(model, speck)
     for name, image in drawings().items():
         digit, probs, pre = predict(model, image)
         assert 0 <= digit <= 9 and np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-4, name

@@ -3,7 +3,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
-from mnist_core.draw import EmptyDrawing, predict
+from mnist_core.draw import EmptyDrawing, TooSmall, predict
 from mnist_core.runs import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint
 from views.common import model_choices, try_load
 
@@ -69,6 +69,9 @@ with right:
         st.stop()
     try:
         digit, probs, pre = predict(model, np.asarray(image))
+    except TooSmall:
+        st.info("That is too small to read as a digit: draw it larger, across much of the square.", icon="✏️")
+        st.stop()
     except EmptyDrawing:
         st.info("Draw a digit on the black square.", icon="✏️")
         st.stop()
