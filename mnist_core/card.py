@@ -1,7 +1,8 @@
 """A run's card in the reference experiment's TARGET / RESULTS / ANALYSIS form.
 
-The analysis is derived from the numbers alone: the train-test gap, overfitting, the epoch of
-the best test accuracy, whether the curve was still rising, stability over the last epochs.
+The analysis is derived from the numbers alone: underfitting, the train-test gap and overfitting,
+the epoch of the best test accuracy, whether the curve was still rising, and, once it levels off,
+stability over the last epochs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import statistics
 
 GOAL = 99.4  # the test accuracy this family of experiments aims for
 OVERFIT_GAP = 0.3  # points of train-over-test accuracy that we call overfitting
+UNDERFIT_TRAIN = 95.0  # below this train accuracy the model has not yet fit the data: a gap is not overfitting
 
 
 def target_text(cfg: dict) -> str:
@@ -50,7 +52,10 @@ def analysis(epochs: list[dict], status: str, planned: int | None, cfg_train: di
     out.append(f"Best test accuracy {best['test_acc']:.2f}% at epoch {best['epoch']} of {n}.")
 
     gap = last["train_acc"] - last["test_acc"]
-    if gap > OVERFIT_GAP:
+    if last["train_acc"] < UNDERFIT_TRAIN:
+        out.append(f"Model underfits: final train accuracy is only {last['train_acc']:.2f}%; more epochs, "
+                   "a higher learning rate or wider layers would let it fit the data.")
+    elif gap > OVERFIT_GAP:
         out.append(f"Model overfits: final train accuracy is {gap:.2f} points above test accuracy.")
     elif gap < 0:
         train = cfg_train or {}
@@ -84,7 +89,8 @@ def analysis(epochs: list[dict], status: str, planned: int | None, cfg_train: di
                 f"Test accuracy fell {best['test_acc'] - last['test_acc']:.2f} points after epoch {best['epoch']}: "
                 "a decaying learning rate or regularisation would hold it."
             )
-        out.append(f"Last 3 epochs vary by {spread:.2f} points ({'stable' if spread < 0.15 else 'unstable'}).")
+        if not rising:  # a rising curve spreads by design; stability says something only once it levels off
+            out.append(f"Last 3 epochs vary by {spread:.2f} points ({'stable' if spread < 0.15 else 'unstable'}).")
     if status == "stopped":
         out.append(f"Run was stopped after {n} of {planned} epochs.")
     elif status in ("failed", "interrupted"):

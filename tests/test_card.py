@@ -1,0 +1,37 @@
+from mnist_core.card import analysis
+
+
+def epochs(*pairs, seconds=10.0):
+    """(train_acc, test_acc) per epoch -> the epoch records a run writes."""
+    return [{"epoch": i, "train_acc": tr, "test_acc": te, "seconds": seconds} for i, (tr, te) in enumerate(pairs, 1)]
+
+
+def test_the_reference_runs_analysis_reads_like_its_card():
+    # the reference log's last epochs: train ahead of test by more than the overfitting gap
+    text = analysis(epochs((98.9, 99.1), (99.2, 99.2), (99.3, 99.25), (99.8, 99.3), (99.8, 99.3)), "finished", 5)
+    assert "Best test accuracy 99.30% at epoch 4 of 5." in text
+    assert "Model overfits: final train accuracy is 0.50 points above test accuracy." in text
+    assert "Never reached 99.4% (short by 0.10 points)." in text
+    assert "Last 3 epochs vary by 0.05 points (stable)." in text
+
+
+def test_a_run_stopped_early_underfits_and_is_still_rising_not_overfitting_or_unstable():
+    text = analysis(epochs((30.0, 28.0), (55.0, 48.4), (69.0, 66.02)), "stopped", 20)
+    assert any(line.startswith("Model underfits: final train accuracy is only 69.00%") for line in text)
+    assert not any("overfit" in line.lower() for line in text)
+    assert "Test accuracy was still rising at the end: more epochs may help." in text
+    assert not any(line.startswith("Last 3 epochs vary") for line in text)
+    assert "Run was stopped after 3 of 20 epochs." in text
+
+
+def test_a_level_curve_reports_its_stability_and_a_fall_after_the_best_epoch():
+    text = analysis(epochs((99.0, 99.45), (99.2, 99.2), (99.3, 99.3), (99.3, 99.1)), "finished", 4)
+    assert "Test accuracy fell 0.35 points after epoch 1: a decaying learning rate or regularisation would hold it." in text
+    assert "Last 3 epochs vary by 0.20 points (unstable)." in text
+    assert "Reached 99.4% first at epoch 1; 0 of the last 3 epochs are at or above it." in text
+
+
+def test_test_above_train_is_explained_by_augmentation():
+    text = analysis(epochs((98.0, 99.0), (98.5, 99.3), (98.6, 99.35)), "finished", 3, {"augment": 6.0})
+    assert any(line.startswith("No overfitting: test accuracy is 0.75 points above train accuracy (augmentation")
+               for line in text)
