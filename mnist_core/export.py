@@ -6,6 +6,7 @@ import io
 import json
 import warnings
 import zipfile
+from pathlib import Path
 
 import torch
 
@@ -25,9 +26,11 @@ def torchscript_bytes(model: Net) -> bytes:
     return buf.getvalue()
 
 
-def archive_bytes(run: Run) -> bytes:
-    """A zip of the run: config (with seed), best weights, TorchScript model, layer summary, metrics, card."""
-    ckpt = run.path / "best.pt" if (run.path / "best.pt").exists() else run.path / "last.pt"
+def archive_bytes(run: Run, ckpt: Path | None = None) -> bytes:
+    """A zip of the run: config (with seed), weights (ckpt, by default best.pt, else last.pt), TorchScript
+    model, layer summary, metrics, card."""
+    if ckpt is None:
+        ckpt = run.path / "best.pt" if (run.path / "best.pt").exists() else run.path / "last.pt"
     model, meta = load_checkpoint(ckpt)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

@@ -201,6 +201,23 @@ def test_runs_continue_starts_a_child_run(app, runs_dir, finished_run):
     assert jobs.refresh(child) in ("stopped", "finished")
 
 
+def test_runs_export_uses_a_checkpoint_that_loads_and_says_why_not_the_other(app, finished_run):
+    (finished_run.path / "best.pt").write_bytes(b"damaged")
+    page(app, "views/runs.py")
+    app.selectbox(key="runs_one").select("tiny").run()
+    assert not app.exception
+    assert any("best.pt: not a PyTorch checkpoint" in e for e in texts(app.error)), texts(app.error)
+    assert "Exporting last.pt instead." in texts(app.caption)
+    labels = [b.proto.label for b in app.get("download_button")]
+    assert "Download run archive (.zip, last.pt)" in labels and "Download TorchScript model (last.pt)" in labels
+
+    (finished_run.path / "last.pt").write_bytes(b"")
+    app.run()
+    assert not app.exception
+    assert "Nothing to export: no checkpoint of this run loads." in texts(app.caption)
+    assert not any("Download run archive" in b.proto.label for b in app.get("download_button"))
+
+
 # -- Architecture ------------------------------------------------------------------------------
 
 

@@ -154,12 +154,29 @@ def resume_and_export(run: Run) -> None:
                 st.error(str(e))
     with c2:
         st.markdown("**Export** for use outside the app")
-        if not ((run.path / "best.pt").exists() or last.exists()):
+        checkpoints = [p for p in (run.path / "best.pt", last) if p.exists()]
+        if not checkpoints:
             st.caption("Nothing to export before the first checkpoint.")
             return
+        # the export needs weights that load: the first of best.pt, last.pt that does, checked here
+        # because a download's content is built after the click, where an error reaches nobody
+        ckpt, refusals = None, []
+        for path in checkpoints:
+            try:
+                load_model(path)
+                ckpt = path
+                break
+            except (CheckpointError, OSError) as e:
+                refusals.append(str(e))
+        for reason in refusals:
+            st.error(reason, icon="🚫")
+        if ckpt is None:
+            st.caption("Nothing to export: no checkpoint of this run loads.")
+            return
+        if refusals:
+            st.caption(f"Exporting {ckpt.name} instead.")
         # callables: the archive and the trace are built only when the button is pressed
-        st.download_button("Download run archive (.zip)", lambda: archive_bytes(run), file_name=f"{run.name}.zip",
-                           key=f"zip_{run.name}", on_click="ignore")
-        best = run.path / "best.pt" if (run.path / "best.pt").exists() else last
-        st.download_button("Download TorchScript model", lambda: torchscript_bytes(load_model(best)[0]),
+        st.download_button(f"Download run archive (.zip, {ckpt.name})", lambda: archive_bytes(run, ckpt),
+                           file_name=f"{run.name}.zip", key=f"zip_{run.name}", on_click="ignore")
+        st.download_button(f"Download TorchScript model ({ckpt.name})", lambda: torchscript_bytes(load_model(ckpt)[0]),
                            file_name=f"{run.name}.torchscript.pt", key=f"ts_{run.name}", on_click="ignore")
