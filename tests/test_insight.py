@@ -13,7 +13,7 @@ from mnist_core.draw import preprocess, step_predictions
 from mnist_core.export import archive_bytes, torchscript_bytes
 from mnist_core.model import build_model
 from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint, save_checkpoint
-from mnist_core.train import train
+from mnist_core.train import evaluate, train
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_evaluation_is_cached_per_checkpoint(tmp_path, mnist, bundled):
             raise AssertionError("should have come from the cache")
 
     again = insight.cached_evaluation(ckpt, Exploding(), x, y)
-    assert np.allclose(again.probs, ev.probs, atol=1e-3)
+    assert np.array_equal(again.probs, ev.probs)  # kept exactly, so the cached predictions are the same
+    assert again.accuracy == ev.accuracy == evaluate(bundled, x, y)[1]  # and agree with training's test
     # a different checkpoint at the same path invalidates the cache
     save_checkpoint(ckpt, build_model(ModelConfig()))
     with pytest.raises(AssertionError):
