@@ -120,9 +120,9 @@ def model_config(args, base: ModelConfig) -> ModelConfig:
 
 
 def cmd_summary(args) -> int:
-    from mnist_core.model import summary
+    from mnist_core.model import summary_text
 
-    print(summary(model_config(args, ModelConfig())))
+    print(summary_text(model_config(args, ModelConfig())))
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_core.model import Net, summary
+from mnist_core.model import Net, summary_text
 from mnist_core.runs import Run, load_checkpoint
 
 
@@ -39,7 +39,7 @@ def archive_bytes(run: Run, ckpt: Path | None = None) -> bytes:
         z.writestr(f"{run.name}/seed.txt", f"{cfg.get('train', {}).get('seed')}\n")
         z.writestr(f"{run.name}/{ckpt.name}", ckpt.read_bytes())
         z.writestr(f"{run.name}/model.torchscript.pt", torchscript_bytes(model))
-        z.writestr(f"{run.name}/summary.txt", str(summary(meta["model_config"])) + "\n")
+        z.writestr(f"{run.name}/summary.txt", summary_text(meta["model_config"]) + "\n")
         for name in ("metrics.jsonl", "card.md", "status.json"):
             f = run.path / name
             if f.exists():

@@ -145,6 +145,17 @@ def summary(cfg: ModelConfig | None = None, verbose: int = 0):
     )
 
 
+def summary_text(cfg: ModelConfig | None = None) -> str:
+    """The summary as printed text. torchinfo 1.8 writes its unit as "(Units.MEGABYTES)" on Python
+    3.11+ (its issue #350); the text says "(M)", as torchinfo means it to."""
+    from torchinfo.enums import Units
+
+    text = str(summary(cfg))
+    for unit in Units:
+        text = text.replace(f"({unit})", f"({unit.value})")
+    return text
+
+
 def summary_rows(cfg: ModelConfig | None = None) -> list[dict]:
     """The summary as table rows: layer, output shape, parameters, multiply-adds per image."""
     stats = summary(cfg)

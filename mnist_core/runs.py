@@ -354,11 +354,11 @@ def get_run(runs_dir: Path, name: str) -> Run:
 
 def write_card(run: Run) -> None:
     from mnist_core import card
-    from mnist_core.model import summary
+    from mnist_core.model import summary_text
 
     cfg = run.config
     try:
-        table = str(summary(run.model_config()))
+        table = summary_text(run.model_config())
     except (ConfigError, KeyError):
         table = ""
     atomic_write_text(run.path / "card.md", card.render(cfg, run.epochs(), run.status.get("status", "unknown"), table))

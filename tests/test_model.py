@@ -52,10 +52,12 @@ def test_totals_with_and_without_batchnorm():
     assert sum(p.numel() for p in build_model(ModelConfig(batchnorm=False)).parameters()) == 9424
 
 
-def test_summary_text_has_torchinfo_total_line():
-    from mnist_core.model import summary
+def test_summary_text_has_torchinfo_total_lines_with_readable_units():
+    from mnist_core.model import summary_text
 
-    assert "Total params: 9,596" in str(summary(ModelConfig()))
+    text = summary_text(ModelConfig())
+    assert "Total params: 9,596" in text
+    assert "Total mult-adds (M): 1.54" in text and "Units." not in text
 
 
 def test_count_params_matches_built_model_for_random_configs():
