@@ -192,7 +192,7 @@ def train_prepared(args) -> int:
         result = train_one(run, data, args.quiet)
         if result.stopped:
             for later in runs[i + 1 :]:
-                later.set_status("stopped", reason=f"cancelled: {run.name} before it was stopped")
+                later.set_status("stopped", reason=f"not started: {run.name}, the run before it, was stopped")
             break
     print(runs[-1].path)
     return 0

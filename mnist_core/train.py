@@ -37,9 +37,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
+        raise ConfigError("device cuda was requested but no CUDA GPU is available: choose cpu or auto")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device mps was requested but Apple's MPS backend is not available (use --device cpu or auto)")
+        raise ConfigError("device mps was requested but Apple's MPS backend is not available: choose cpu or auto")
     if name not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {name!r} is unknown: choose one of auto, cpu, cuda, mps")
     return torch.device(name)
