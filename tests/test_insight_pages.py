@@ -227,6 +227,8 @@ def test_architecture_cost_metrics(app):
     assert metrics["Multiply-adds per image"] == f"{insight.macs(ModelConfig()) / 1e6:.2f} M"
     assert re.fullmatch(r"\d+\.\d\d ms", metrics["Inference, one image"]), metrics
     assert float(metrics["Inference, one image"].split()[0]) > 0
+    assert metrics["Receptive field of the output"] == "28x28"
+    assert "Model **12-16-10-12-16-30, BN**" in texts(app.markdown)
 
 
 def test_architecture_trains_ab_batchnorm_on_and_off(app, runs_dir):

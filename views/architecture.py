@@ -106,12 +106,12 @@ with right:
     else:
         st.warning(f"Over budget by {total - budget:,} parameters.", icon="⚠️")
     rf = layer_plan(cfg)[-1].receptive_field
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Model", cfg.describe())
-    c2.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M", help="as torchinfo counts them")
-    c3.metric("Inference, one image", f"{latency_ms(cfg.widths, cfg.batchnorm, float(cfg.dropout)):.2f} ms",
+    st.markdown(f"Model **{cfg.describe()}**")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M", help="as torchinfo counts them")
+    c2.metric("Inference, one image", f"{latency_ms(cfg.widths, cfg.batchnorm, float(cfg.dropout)):.2f} ms",
               help="measured on this machine's CPU: median of 20 single-image forward passes")
-    c4.metric("Receptive field of the output", f"{rf}x{rf}")
+    c3.metric("Receptive field of the output", f"{rf}x{rf}")
     st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760))
 
 
