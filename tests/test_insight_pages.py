@@ -195,6 +195,7 @@ def test_runs_continue_starts_a_child_run(app, runs_dir, finished_run):
         assert child.config["train"]["init_checkpoint"] == str(finished_run.path / "last.pt")
         assert child.config["train"]["epochs"] == 1
         assert any(s.startswith(f"Started {child.name}; its epochs continue from 1") for s in texts(app.success))
+        assert child.name in app.selectbox(key="runs_one").options  # listed at once, no second visit needed
     finally:
         jobs.stop(child)
         wait_idle(runs_dir)

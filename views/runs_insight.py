@@ -143,15 +143,20 @@ def resume_and_export(run: Run) -> None:
     with c1:
         st.markdown("**Continue training** from the last checkpoint, as a new run linked to this one.")
         more = st.number_input("More epochs", 1, 100, 5, key=f"more_{run.name}")
+        if started := st.session_state.pop(f"resumed_{run.name}", None):  # set just before the rerun below
+            st.success(started)
         if st.button("Continue", key=f"resume_{run.name}", disabled=status == "running" or not last.exists()):
             try:
                 base = run.train_config()
                 cfg = replace(base, epochs=int(more), init_checkpoint=str(last), start_epoch=len(run.epochs()))
                 new = jobs.start(runs_dir(), run.model_config(), cfg, target=f"Continue {run.name} for {more} epochs",
                                  parent=run.name)
-                st.success(f"Started {new.name}; its epochs continue from {cfg.start_epoch}. See the Train page.")
             except (ConfigError, RunError, jobs.Busy, KeyError) as e:
                 st.error(str(e))
+            else:
+                st.session_state[f"resumed_{run.name}"] = (
+                    f"Started {new.name}; its epochs continue from {cfg.start_epoch}. See the Train page.")
+                st.rerun()  # the page again, from the top: the new run in the table and the lists
     with c2:
         st.markdown("**Export** for use outside the app")
         checkpoints = [p for p in (run.path / "best.pt", last) if p.exists()]
