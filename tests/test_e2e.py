@@ -429,6 +429,21 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     charts_drawn(page, "cmp_loss", "cmp_acc")  # the comparison, with this run picked
     page.screenshot(path=str(shots / "runs.png"))
 
+    # two downloads one right after the other both arrive: the card's does not rerun the page
+    page.get_by_role("tab", name="Continue and export").click()
+    archive = page.get_by_role("button", name="Download run archive (.zip, best.pt)")
+    expect(archive).to_be_visible()
+    downloads = []
+    page.on("download", lambda download: downloads.append(download))
+    page.get_by_role("button", name="Download card", exact=True).click()
+    archive.click()
+    deadline = time.monotonic() + WAIT / 1000
+    while len(downloads) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert sorted(d.suggested_filename for d in downloads) == ["e2e-quick-card.md", "e2e-quick.zip"]
+    zipped = next(d for d in downloads if d.suggested_filename.endswith(".zip"))
+    assert Path(zipped.path()).read_bytes()[:2] == b"PK"
+
 
 # -- Insight: the confusion matrix's mistakes, the model's feature maps ------------------------
 

@@ -49,7 +49,10 @@ with c2:
                          ("card.md", "Download card")):
         path = run.path / fname
         if path.exists():
-            st.download_button(label, path.read_bytes(), file_name=f"{run.name}-{fname}", key=f"dl_{fname}")
+            # on_click="ignore": a download need not rerun the page, and a rerun would drop another
+            # download clicked just after it (the export's files are built on demand)
+            st.download_button(label, path.read_bytes(), file_name=f"{run.name}-{fname}", key=f"dl_{fname}",
+                               on_click="ignore")
 with c3:
     if st.button("Delete run", key="del_ask"):
         st.session_state.confirm_delete = run.name
