@@ -300,6 +300,25 @@ def test_architecture_count_follows_every_control(page, app_url, shots):
     expect(total).to_have_text(f"Total params: {n:,}")
 
 
+def test_enter_in_the_ab_form_starts_nothing(page, app_url, runs_dir):
+    """Two full trainings start from the Train A/B button only, not from Enter in its Epochs box."""
+    from playwright.sync_api import expect
+
+    open_page(page, app_url, "/architecture", "Architecture")
+    page.get_by_text("Train A/B: BatchNorm on vs off").click()
+    epochs = page.get_by_label("Epochs", exact=True)
+    expect(epochs).to_be_visible()
+    epochs.fill("1")
+    try:
+        epochs.press("Enter")
+        settle(page)
+        page.wait_for_timeout(2000)
+        assert not list(runs_dir.glob("ab-*"))
+    finally:
+        stop_training(runs_dir)  # if Enter did start the pair: the first, and with it the queued second
+    expect(page.get_by_role("button", name="Train A/B")).to_be_enabled()
+
+
 # -- Draw --------------------------------------------------------------------------------------
 
 

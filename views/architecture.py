@@ -118,7 +118,7 @@ with right:
 with left, st.expander("Train A/B: BatchNorm on vs off"):
     st.caption("Two runs of this architecture that differ only in BatchNorm: same seed, same data order, "
                "the Train page's settings. They train one after the other; compare them on the Runs page.")
-    with st.form("ab"):
+    with st.form("ab", enter_to_submit=False):  # two trainings start only from the button, never from Enter
         base = saved_settings()
         epochs = st.number_input("Epochs", 1, 100, base.epochs, key="ab_epochs")
         size = st.selectbox("Training images", sorted({base.limit_train or 60000, 60000, 10000, 5000, 2000}, reverse=True), key="ab_size")
