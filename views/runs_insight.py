@@ -10,7 +10,7 @@ import streamlit as st
 from mnist_core import insight, jobs
 from mnist_core.config import ConfigError, replace
 from mnist_core.runs import CheckpointError, Run, RunError
-from views.common import curves_figure, load_model, metrics, runs_dir
+from views.common import curves_figure, load_model, metrics, runs_dir, try_load
 
 
 @st.cache_resource(show_spinner="Loading the MNIST test set...")
@@ -163,22 +163,14 @@ def resume_and_export(run: Run) -> None:
         if not checkpoints:
             st.caption("Nothing to export before the first checkpoint.")
             return
-        # the export needs weights that load: the first of best.pt, last.pt that does, checked here
-        # because a download's content is built after the click, where an error reaches nobody
-        ckpt, refusals = None, []
-        for path in checkpoints:
-            try:
-                load_model(path)
-                ckpt = path
-                break
-            except (CheckpointError, OSError) as e:
-                refusals.append(str(e))
-        for reason in refusals:
-            st.error(reason, icon="🚫")
+        # the export needs weights that load: the first of best.pt, last.pt that does (try_load shows
+        # why the others do not), checked here because a download's content is built after the click,
+        # where an error reaches nobody
+        ckpt = next((path for path in checkpoints if try_load(path)[0] is not None), None)
         if ckpt is None:
             st.caption("Nothing to export: no checkpoint of this run loads.")
             return
-        if refusals:
+        if ckpt != checkpoints[0]:
             st.caption(f"Exporting {ckpt.name} instead.")
         # callables: the archive and the trace are built only when the button is pressed
         st.download_button(f"Download run archive (.zip, {ckpt.name})", lambda: archive_bytes(run, ckpt),
