@@ -172,3 +172,46 @@ def summary_rows(cfg: ModelConfig | None = None) -> list[dict]:
             }
         )
     return rows
+
+
+class LayerNet(nn.Sequential):
+    """A layer list (mnist_core.spec) as one flat Sequential: one module per entry, in order, so the
+    torchinfo table has a row per layer and the reference's table comes out row for row."""
+
+    def __init__(self, layers):
+        from mnist_core import spec
+
+        self.rows = spec.plan(layers)
+        super().__init__(*(_layer_module(row) for row in self.rows))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).flatten(1)  # (B, 10, 1, 1) or (B, 10) -> (B, 10) logits
+
+
+class Linear(nn.Linear):
+    """nn.Linear that flattens its input first: (B, C, H, W) -> (B, C*H*W) -> (B, out)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))
+
+
+def _layer_module(row) -> nn.Module:
+    lay, t = row.layer, row.layer.type
+    if t == "conv":
+        return nn.Conv2d(row.in_channels, lay.out, lay.kernel, stride=lay.stride, padding=lay.padding,
+                         dilation=lay.dilation, groups=row.in_channels if lay.depthwise else 1, bias=lay.bias)
+    if t == "bn":
+        return nn.BatchNorm1d(row.out_channels) if row.flat else nn.BatchNorm2d(row.out_channels)
+    if t == "relu":
+        return nn.ReLU()
+    if t == "dropout":
+        return nn.Dropout(lay.p) if row.flat else nn.Dropout2d(lay.p)
+    if t == "maxpool":
+        return nn.MaxPool2d(lay.kernel, lay.stride)
+    if t == "avgpool":
+        return nn.AvgPool2d(lay.kernel, lay.stride)
+    if t == "gap":
+        return nn.AvgPool2d(row.in_size)  # the whole remaining map, as the reference's AvgPool2d(6)
+    if t == "linear":
+        return Linear(row.in_channels * row.in_size**2, lay.out, bias=lay.bias)  # in_size is 1 once flat
+    raise ValueError(f"unknown layer type {t}")
