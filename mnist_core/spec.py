@@ -192,7 +192,7 @@ def plan(layers) -> list[Row]:
             out_size = _slide(where, size + 2 * lay.padding, span, lay.stride, size)
             out_ch = lay.out
             params = (ch // groups) * lay.kernel**2 * out_ch + (out_ch if lay.bias else 0)
-            macs = (ch // groups) * lay.kernel**2 * out_ch * out_size**2
+            macs = params * out_size**2  # every weight (and bias) once per output position, as torchinfo counts
             rf, jump = rf + (span - 1) * jump, jump * lay.stride
         elif t in ("maxpool", "avgpool"):
             _check_range(where, "kernel", lay.kernel, 1, INPUT_SIZE)
@@ -208,10 +208,10 @@ def plan(layers) -> list[Row]:
             features = ch if flat else ch * size * size
             out_ch, out_size = lay.out, 1
             params = features * lay.out + (lay.out if lay.bias else 0)
-            macs = features * lay.out
+            macs = params
             flat = True
         elif t == "bn":
-            params = 2 * ch
+            params = macs = 2 * ch  # torchinfo counts one multiply-add per BatchNorm parameter
         elif t == "dropout":
             if not 0.0 <= lay.p <= MAX_DROPOUT:
                 raise SpecError(f"{where}: p is {lay.p:g}: it must be between 0 and {MAX_DROPOUT:g}")
