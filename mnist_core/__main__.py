@@ -109,14 +109,16 @@ def build_parser() -> Parser:
 
 
 def model_config(args, base: ModelConfig) -> ModelConfig:
-    changes = {}
-    if args.no_bn:
-        changes["batchnorm"] = False
-    if args.widths is not None:
-        changes["widths"] = args.widths
-    if args.dropout is not None:
-        changes["dropout"] = args.dropout
-    return replace(base, **changes)
+    """The base model with --widths / --no-bn / --dropout applied (they edit the template family)."""
+    if not (args.no_bn or args.widths is not None or args.dropout is not None):
+        return base
+    settings = base.template_settings()
+    if settings is None:
+        raise ConfigError("--widths, --no-bn and --dropout edit the reference skeleton; this model is another shape")
+    widths, batchnorm, dropout = settings
+    return ModelConfig.template(args.widths if args.widths is not None else widths,
+                                False if args.no_bn else batchnorm,
+                                args.dropout if args.dropout is not None else dropout)
 
 
 def cmd_summary(args) -> int:

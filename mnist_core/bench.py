@@ -160,7 +160,7 @@ def latency(repeat: int = 20) -> dict[str, float]:
     from mnist_core.runs import BUNDLED_CHECKPOINT, load_checkpoint
 
     def build_and_count():
-        cfg = ModelConfig(widths=(10, 14, 10, 14, 16, 20))
+        cfg = ModelConfig.template((10, 14, 10, 14, 16, 20))
         build_model(cfg)
         count_params(cfg)
 

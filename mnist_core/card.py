@@ -15,10 +15,18 @@ UNDERFIT_TRAIN = 95.0  # below this train accuracy the model has not yet fit the
 
 
 def target_text(cfg: dict) -> str:
-    model, train = cfg.get("model", {}), cfg.get("train", {})
-    widths = "-".join(map(str, model.get("widths", [])))
-    bn = "with BatchNorm" if model.get("batchnorm") else "without BatchNorm"
-    drop = f", dropout {model['dropout']:g}" if model.get("dropout") else ""
+    from mnist_core.config import ConfigError, ModelConfig
+
+    train = cfg.get("train", {})
+    try:
+        model = ModelConfig.from_dict(cfg.get("model"))
+        t = model.template_settings()
+        architecture = f"model {model.describe()}"
+        if t:
+            drop = f", dropout {t[2]:g}" if t[2] else ""
+            architecture = f"widths {'-'.join(map(str, t[0]))} {'with' if t[1] else 'without'} BatchNorm{drop}"
+    except ConfigError:
+        architecture = "an unreadable model"
     sched = {"none": "constant LR", "step": f"StepLR every {train.get('step_size')} epochs", "onecycle": "OneCycle"}.get(
         train.get("scheduler"), train.get("scheduler")
     )
@@ -34,7 +42,7 @@ def target_text(cfg: dict) -> str:
     if cfg.get("target"):
         lines.append(cfg["target"])
     lines.append(
-        f"Train widths {widths} {bn}{drop} ({cfg.get('params', '?')} params) for {train.get('epochs')} epochs, "
+        f"Train {architecture} ({cfg.get('params', '?')} params) for {train.get('epochs')} epochs, "
         f"batch {train.get('batch_size')}, SGD lr {train.get('lr')} momentum {train.get('momentum')}, {sched}{aug}{subset}."
     )
     lines.append(f"Reach {GOAL}% test accuracy.")

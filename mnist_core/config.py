@@ -1,15 +1,18 @@
 """Settings for a model and for a training run, and the named presets.
 
-Both configs are plain dataclasses: a checkpoint stores ``asdict(config)`` and a run directory
-stores them as JSON, so a model can be rebuilt from the file alone.
+Both configs are frozen dataclasses, validated once when made. A model's ``to_dict()`` (its layer
+list) and a recipe's ``asdict()`` go into config.json and every checkpoint, so a model can be
+rebuilt from the file alone. Imports no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-WIDTH_NAMES = ("block1", "block2", "transition", "block3", "block4", "block5")
-MAX_WIDTH = 128  # beyond this the "tiny CNN" is neither tiny nor trainable on a laptop
+from mnist_core import spec
+from mnist_core.spec import WIDTH_NAMES
+
+MAX_WIDTH = 128  # template sliders: beyond this the "tiny CNN" is neither tiny nor trainable on a laptop
 SCHEDULERS = ("none", "step", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
@@ -21,43 +24,98 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    widths: tuple[int, ...] = (12, 16, 10, 12, 16, 30)  # block1, block2, 1x1 transition, block3-5
-    batchnorm: bool = True  # Conv-BN-ReLU blocks; off gives Conv-ReLU
-    dropout: float = 0.0  # Dropout2d after every ReLU when > 0
+    """A model: an ordered list of layers (mnist_core.spec), validated once, here."""
+
+    layers: tuple[spec.Layer, ...] = tuple(spec.template())  # the reference experiment's model
 
     def __post_init__(self):
-        object.__setattr__(self, "widths", tuple(self.widths))
-        self.validate()
+        object.__setattr__(self, "layers", tuple(self.layers))
+        try:
+            object.__setattr__(self, "_rows", tuple(spec.plan(self.layers)))
+        except spec.SpecError as e:
+            raise ConfigError(str(e)) from None
 
-    def validate(self) -> None:
-        if len(self.widths) != len(WIDTH_NAMES):
-            raise ConfigError(
-                f"widths: expected {len(WIDTH_NAMES)} values ({', '.join(WIDTH_NAMES)}), "
-                f"got {len(self.widths)}"
-            )
-        for name, w in zip(WIDTH_NAMES, self.widths):
+    @classmethod
+    def template(cls, widths=(12, 16, 10, 12, 16, 30), batchnorm: bool = True, dropout: float = 0.0) -> "ModelConfig":
+        """The reference skeleton with six widths (the Architecture page's sliders)."""
+        widths = tuple(widths)
+        if len(widths) != len(WIDTH_NAMES):
+            raise ConfigError(f"widths: expected {len(WIDTH_NAMES)} values ({', '.join(WIDTH_NAMES)}), "
+                              f"got {len(widths)}")
+        for name, w in zip(WIDTH_NAMES, widths):
             if isinstance(w, bool) or not isinstance(w, int):
                 raise ConfigError(f"width of {name} must be a whole number, got {w!r}")
             if w < 1:
                 raise ConfigError(f"width of {name} is {w}: a layer needs at least 1 channel")
             if w > MAX_WIDTH:
                 raise ConfigError(f"width of {name} is {w}: at most {MAX_WIDTH} channels per layer")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ConfigError(f"dropout must be a number, got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout is {self.dropout}: it must be at least 0 and below 1")
-        # Spatial sizes depend on the layer plan, not only on the widths; walk it so that any
-        # plan whose feature map would shrink below 1x1 is refused here, before torch sees it.
-        from mnist_core.model import layer_plan
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= spec.MAX_DROPOUT:
+            raise ConfigError(f"dropout is {dropout!r}: it must be a number between 0 and {spec.MAX_DROPOUT:g}")
+        return cls(tuple(spec.template(widths, bool(batchnorm), float(dropout))))
 
-        for layer in layer_plan(self):
-            if layer.out_size < 1:
-                raise ConfigError(f"{layer.name}: feature map shrinks to {layer.out_size}x{layer.out_size}")
+    @classmethod
+    def parse(cls, text: str) -> "ModelConfig":
+        """From the JSON form ({"layers": [...]}) or the one-line text form."""
+        try:
+            return cls(tuple(spec.parse(text)))
+        except spec.SpecError as e:
+            raise ConfigError(str(e)) from None
+
+    @property
+    def rows(self) -> tuple[spec.Row, ...]:
+        """The layer table: shapes, parameters, multiply-adds, receptive fields."""
+        return self._rows
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self._rows)
+
+    def template_settings(self) -> tuple[tuple[int, ...], bool, float] | None:
+        """(widths, batchnorm, dropout) when the list is the reference skeleton, else None."""
+        convs = [lay for lay in self.layers if lay.type == "conv"]
+        drops = {lay.p for lay in self.layers if lay.type == "dropout"}
+        if len(convs) != 7 or len(drops) > 1:
+            return None
+        widths = tuple(c.out for c in convs[:6])
+        batchnorm = any(lay.type == "bn" for lay in self.layers)
+        dropout = drops.pop() if drops else 0.0
+        if tuple(spec.template(widths, batchnorm, dropout)) != self.layers:
+            return None
+        return widths, batchnorm, dropout
+
+    @property
+    def text(self) -> str:
+        return spec.to_text(self.layers)
 
     def describe(self) -> str:
-        bn = "BN" if self.batchnorm else "no BN"
-        drop = f", dropout {self.dropout:g}" if self.dropout else ""
-        return f"{'-'.join(map(str, self.widths))}, {bn}{drop}"
+        """The model in words: '12-16-10-12-16-30, BN' for the template, else the layer text."""
+        t = self.template_settings()
+        if t is None:
+            return self.text
+        widths, batchnorm, dropout = t
+        drop = f", dropout {dropout:g}" if dropout else ""
+        return f"{'-'.join(map(str, widths))}, {'BN' if batchnorm else 'no BN'}{drop}"
+
+    def to_dict(self) -> dict:
+        return spec.to_json(self.layers)
+
+    @classmethod
+    def from_dict(cls, d) -> "ModelConfig":
+        """{"layers": [...]}; also the six-width form that runs and checkpoints were saved in before."""
+        if isinstance(d, dict) and "layers" not in d and "widths" in d:
+            unknown = set(d) - {"widths", "batchnorm", "dropout"}
+            if unknown:
+                raise ConfigError(f"ModelConfig: unknown setting(s) {', '.join(sorted(unknown))}")
+            widths = d["widths"]
+            if not isinstance(widths, (list, tuple)):
+                raise ConfigError(f"widths: expected a list of {len(WIDTH_NAMES)} numbers, got {widths!r}")
+            return cls.template(tuple(widths), d.get("batchnorm", True), d.get("dropout", 0.0))
+        if not isinstance(d, dict):
+            raise ConfigError(f"ModelConfig: expected a mapping, got {type(d).__name__}")
+        try:
+            return cls(tuple(spec.layers_from_json(d)))
+        except spec.SpecError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -155,13 +213,13 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "lean",
             "7,724 parameters, 99.4% test accuracy: rotation augmentation, OneCycle, batch 128, bf16 autocast.",
-            ModelConfig(widths=(12, 16, 10, 12, 16, 18), batchnorm=True, dropout=0.0),
+            ModelConfig.template((12, 16, 10, 12, 16, 18)),
             LEAN_RECIPE,
         ),
         Preset(
             "micro",
             "4,794 parameters on lean's recipe: about 99.4% test accuracy, not on every seed.",
-            ModelConfig(widths=(10, 14, 8, 10, 12, 12), batchnorm=True, dropout=0.0),
+            ModelConfig.template((10, 14, 8, 10, 12, 12)),
             LEAN_RECIPE,
         ),
         Preset(
@@ -182,7 +240,7 @@ def get_preset(name: str) -> Preset:
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:
-    return _from_dict(ModelConfig, d)
+    return ModelConfig.from_dict(d)
 
 
 def train_config_from_dict(d: dict) -> TrainConfig:

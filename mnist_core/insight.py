@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_core.data import normalize
-from mnist_core.model import Net, layer_plan
+from mnist_core.model import Net
 
 CACHE_FORMAT = "mnist-lab-eval/2"  # /2: probabilities kept in float32, so predictions match the training's own test
 
@@ -93,22 +93,27 @@ def cached_evaluation(checkpoint: Path, model: Net, test_x: torch.Tensor, test_y
 
 @torch.no_grad()
 def feature_maps(model: Net, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
-    """(layer label, (C, H, W) activations) after each conv block's ReLU and the transition conv."""
+    """(label, (C, H, W) activations) at the end of each group of layers that still has a map: a
+    conv with its BN / ReLU / dropout, or a pooling layer."""
     model.eval()
-    plan = layer_plan(model.config)
+    rows = model.config.rows
     out = []
     h = x
-    for layer, module in zip(plan, model):
+    for i, (row, module) in enumerate(zip(rows, model)):
         h = module(h)
-        if layer.kind == "relu" or (layer.name == "transition" and layer.kind == "conv"):
-            label = f"{layer.name}: {layer.out_channels} channels, {layer.out_size}x{layer.out_size}"
-            out.append((label, h[0].cpu().numpy()))
+        nxt = rows[i + 1].layer.type if i + 1 < len(rows) else None
+        if row.flat or row.out_size < 2 or nxt in ("bn", "relu", "dropout"):
+            continue  # the group goes on, or the map is gone
+        first = next(r for r in reversed(rows[: i + 1]) if r.layer.type not in ("bn", "relu", "dropout"))
+        label = f"layer {first.index} {first.layer.type}: {row.out_channels} channels, {row.out_size}x{row.out_size}"
+        out.append((label, h[0].cpu().numpy()))
     return out
 
 
 def first_filters(model: Net) -> np.ndarray:
-    """(C, 3, 3) weights of the first convolution."""
-    return model[0].weight.detach().cpu()[:, 0].numpy()
+    """(C, k, k) weights of the first convolution, on the input image's one channel."""
+    conv = next(m for m in model if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.detach().cpu()[:, 0].numpy()
 
 
 def saliency(model: Net, x: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:

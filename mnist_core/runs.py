@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
-from mnist_core.model import Net, build_model, count_params
+from mnist_core.model import Net, build_model
 
 RUNS_DIR = Path(os.environ.get("MNIST_LAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bundled.pt"
@@ -108,8 +108,7 @@ def _well_formed(rec) -> bool:
 
 def save_checkpoint(path: Path, model: Net, extra: dict | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {"format": CHECKPOINT_FORMAT, "model_config": asdict(model.config), "state_dict": state, **(extra or {})}
-    ckpt["model_config"]["widths"] = list(model.config.widths)
+    ckpt = {"format": CHECKPOINT_FORMAT, "model_config": model.config.to_dict(), "state_dict": state, **(extra or {})}
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -246,8 +245,8 @@ class Run:
                 "preset": preset if preset is not None else old.get("preset"),
                 "target": target if target is not None else old.get("target"),
                 "parent": parent if parent is not None else old.get("parent"),
-                "params": count_params(model_cfg),
-                "model": {**asdict(model_cfg), "widths": list(model_cfg.widths)},
+                "params": model_cfg.params,
+                "model": model_cfg.to_dict(),
                 "train": asdict(train_cfg),
             },
         )
@@ -316,14 +315,15 @@ class Run:
         """One row for the runs table, from whatever files are readable."""
         cfg, status, epochs = self.config, self.status, self.epochs()
         model, train = _mapping(cfg.get("model")), _mapping(cfg.get("train"))
-        widths = model.get("widths") if isinstance(model.get("widths"), list) else None
+        try:
+            architecture = model_config_from_dict(model).describe()
+        except ConfigError:
+            architecture = "?"
         return {
             "name": self.name,
             "created": str(cfg.get("created", "")),
             "status": str(status.get("status", "unknown" if not epochs else "interrupted")),
-            "architecture": (
-                f"{'-'.join(map(str, widths))} {'BN' if model.get('batchnorm') else 'no BN'}" if widths else "?"
-            ),
+            "architecture": architecture,
             "params": cfg["params"] if isinstance(cfg.get("params"), int) else None,
             "best train acc": max((e["train_acc"] for e in epochs), default=None),
             "best test acc": max((e["test_acc"] for e in epochs), default=None),

@@ -376,3 +376,19 @@ def template(widths=(12, 16, 10, 12, 16, 30), batchnorm: bool = True, dropout: f
 
 def params(layers) -> int:
     return sum(r.params for r in plan(layers))
+
+
+
+def diff(a, b) -> list[tuple[str, str, str]]:
+    """Where layer list b differs from a: (where, a's tokens, b's tokens) per changed stretch, e.g.
+    ('layer 2', 'bn', '-') for a BatchNorm only in a, ('layer 7', 'conv10k1', 'conv12k1')."""
+    import difflib
+
+    ta, tb = [_token(x) for x in a], [_token(x) for x in b]
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=ta, b=tb, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        where = f"after layer {i1}" if i1 == i2 else f"layer {i1 + 1}" if i2 - i1 == 1 else f"layers {i1 + 1}-{i2}"
+        out.append((where, " ".join(ta[i1:i2]) or "-", " ".join(tb[j1:j2]) or "-"))
+    return out

@@ -272,7 +272,7 @@ def test_architecture_count_follows_every_control(page, app_url, shots):
     text.fill("8,8,8,16,16,32")
     text.press("Enter")
     widths = (8, 8, 8, 16, 16, 32)
-    expect(total).to_have_text(f"Total params: {count_params(ModelConfig(widths=widths)):,}")
+    expect(total).to_have_text(f"Total params: {count_params(ModelConfig.template(widths=widths)):,}")
     expect(page.locator('input[type="range"][aria-label="Block 1 (3x3 conv)"]')).to_have_attribute("aria-valuetext", "8")
 
     # a slider moved with the keyboard
@@ -289,9 +289,9 @@ def test_architecture_count_follows_every_control(page, app_url, shots):
                       "Block 3 (3x3 conv, after pool)", "Block 4 (3x3 conv)", "Block 5 (3x3 conv)")
     )
     assert shown == (8, 8, 8, 16, 16, 36)
-    n = count_params(ModelConfig(widths=shown))
+    n = count_params(ModelConfig.template(widths=shown))
     expect(total).to_have_text(f"Total params: {n:,}")
-    assert n != count_params(ModelConfig(widths=widths))
+    assert n != count_params(ModelConfig.template(widths=widths))
 
     # an impossible width: the core's reason, and the last valid model stays
     text.fill("12,16,0,12,16,30")

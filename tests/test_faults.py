@@ -629,7 +629,7 @@ def bad_checkpoints(tmp_path: Path, marker: Path) -> dict[str, bytes]:
                 "payload": RunsCode(marker)}, evil_zip)
     other = io.BytesIO()
     torch.save({"format": runs_mod.CHECKPOINT_FORMAT, "model_config": {"widths": [12, 16, 10, 12, 16, 30]},
-                "state_dict": build_model(ModelConfig(widths=(8, 8, 8, 8, 8, 8), batchnorm=False)).state_dict()}, other)
+                "state_dict": build_model(ModelConfig.template(widths=(8, 8, 8, 8, 8, 8), batchnorm=False)).state_dict()}, other)
     foreign = io.BytesIO()
     torch.save(model.state_dict(), foreign)  # a plain state_dict: a torch file, not ours
     return {
@@ -712,7 +712,7 @@ def test_draw_page_upload_refuses_bad_checkpoints_and_accepts_a_good_one(runs, t
         assert at.selectbox(key="draw_model").value == before
         assert not marker.exists()
 
-    cfg = ModelConfig(widths=(8, 10, 8, 10, 12, 16), batchnorm=False)
+    cfg = ModelConfig.template(widths=(8, 10, 8, 10, 12, 16), batchnorm=False)
     save_checkpoint(tmp_path / "mine.pt", build_model(cfg), {"test_acc": 12.5})
     at.file_uploader(key="draw_upload").set_value(("mine.pt", (tmp_path / "mine.pt").read_bytes(),
                                                    "application/octet-stream")).run()

@@ -62,7 +62,12 @@ def test_evaluation_is_cached_per_checkpoint(tmp_path, mnist, bundled):
 def test_feature_maps_filters_saliency(bundled):
     pre = preprocess(synthetic_drawing())
     maps = insight.feature_maps(bundled, pre.tensor)
-    assert [a.shape for _, a in maps] == [(12, 26, 26), (16, 24, 24), (10, 24, 24), (12, 10, 10), (16, 8, 8), (30, 6, 6)]
+    # one map per group of layers: each conv with its BN and ReLU, the transition, the max-pool
+    assert [a.shape for _, a in maps] == [(12, 26, 26), (16, 24, 24), (10, 24, 24), (10, 12, 12), (12, 10, 10),
+                                          (16, 8, 8), (30, 6, 6)]
+    assert [label.split(":")[0] for label, _ in maps] == ["layer 1 conv", "layer 4 conv", "layer 7 conv",
+                                                          "layer 8 maxpool", "layer 9 conv", "layer 12 conv",
+                                                          "layer 15 conv"]
     assert insight.first_filters(bundled).shape == (12, 3, 3)
     sal, target = insight.saliency(bundled, pre.tensor)
     assert sal.shape == (28, 28) and target == 7 and sal.max() == pytest.approx(1.0)
@@ -121,7 +126,7 @@ def test_fine_tune_with_handwriting_and_resume_numbering(tmp_path, mnist, runs_d
 
 def test_init_checkpoint_must_match_architecture(tmp_path, mnist):
     ckpt = tmp_path / "other.pt"
-    save_checkpoint(ckpt, build_model(ModelConfig(widths=(8, 8, 8, 8, 8, 8))))
+    save_checkpoint(ckpt, build_model(ModelConfig.template(widths=(8, 8, 8, 8, 8, 8))))
     with pytest.raises(ConfigError, match="differs"):
         train(ModelConfig(), TrainConfig(epochs=1, limit_train=64, init_checkpoint=str(ckpt)), mnist)
 

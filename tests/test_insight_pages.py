@@ -85,9 +85,10 @@ def test_draw_inside_the_model_and_preprocessing(drawn):
     inside = tab(at, "Inside the model")
     assert {"saliency", "filters"} <= chart_keys(inside)
     maps = captions_of_images(inside)
-    assert maps[0] == "block1: 12 channels, 26x26"
+    assert maps[0] == "layer 1 conv: 12 channels, 26x26"
     assert maps == [label for label, _ in insight.feature_maps(model, pre.tensor)]
-    assert [m.split(":")[0] for m in maps] == ["block1", "block2", "transition", "block3", "block4", "block5"]
+    assert [m.split(":")[0] for m in maps] == ["layer 1 conv", "layer 4 conv", "layer 7 conv", "layer 8 maxpool",
+                                              "layer 9 conv", "layer 12 conv", "layer 15 conv"]
 
     prep = tab(at, "Preprocessing step by step")
     stage_captions = [c for c, *_ in steps(pre)]
@@ -170,14 +171,16 @@ def test_runs_confusion_matrix_and_the_mistakes_of_one_cell(app, finished_run, m
 
 def test_runs_ab_names_the_one_setting_that_differs(app, runs_dir, finished_run):
     cfg = finished_run.train_config()
-    Run.create(runs_dir, ModelConfig(batchnorm=False), cfg, name="tiny-nobn")
+    Run.create(runs_dir, ModelConfig.template(batchnorm=False), cfg, name="tiny-nobn")
     page(app, "views/runs.py")
     ab = tab(app, "A/B comparison")
     assert {app.selectbox(key="ab_a").value, app.selectbox(key="ab_b").value} == {"tiny", "tiny-nobn"}
-    assert "Differs: **model.batchnorm**" in texts(ab.markdown), texts(ab.markdown)
+    bns = ["model.layer 2", "model.layer 5", "model.layer 10", "model.layer 13", "model.layer 16"]
+    assert "Differs: " + ", ".join(f"**{s}**" for s in bns) in texts(ab.markdown), texts(ab.markdown)
     table = ab.dataframe[0].value
-    flagged = table[table.differs].setting.tolist()
-    assert [s for s in flagged if "." in s] == ["model.batchnorm"]
+    flagged = table[table.differs]
+    assert [s for s in flagged.setting if "." in s] == bns
+    assert set(flagged[flagged.setting.isin(bns)].B) == {"-"} and set(flagged[flagged.setting.isin(bns)].A) == {"bn"}
 
 
 def test_runs_continue_starts_a_child_run(app, runs_dir, finished_run):
@@ -247,8 +250,9 @@ def test_architecture_trains_ab_batchnorm_on_and_off(app, runs_dir):
     try:
         assert [p.name.rsplit("-", 1)[-1] for p in runs] == ["bn", "nobn"], runs
         bn, nobn = (json.loads((p / "config.json").read_text()) for p in runs)
-        assert bn["model"]["batchnorm"] is True and nobn["model"]["batchnorm"] is False
-        assert {**bn["model"], "batchnorm": None} == {**nobn["model"], "batchnorm": None}
+        assert ModelConfig.from_dict(bn["model"]).template_settings()[1] is True
+        assert ModelConfig.from_dict(nobn["model"]).template_settings()[1] is False
+        assert [x for x in bn["model"]["layers"] if x["type"] != "bn"] == nobn["model"]["layers"]
         assert bn["train"] == nobn["train"]
         assert bn["train"] == {**asdict(settings), "epochs": 1, "limit_train": 2000}  # seed 7, batch 128, ...
         wait_idle(runs_dir)

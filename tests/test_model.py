@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mnist_core.config import ConfigError, ModelConfig, get_preset
-from mnist_core.model import build_model, count_params, layer_plan, receptive_fields, summary_rows
+from mnist_core.model import build_model, count_params, summary_rows
 
 # The reference experiment's layer table (shared/seed/reference-experiment.md), row for row.
 REFERENCE_TABLE = """
@@ -48,8 +48,8 @@ def test_summary_reproduces_reference_table_row_for_row():
 
 def test_totals_with_and_without_batchnorm():
     assert count_params(ModelConfig()) == 9596
-    assert count_params(ModelConfig(batchnorm=False)) == 9424
-    assert sum(p.numel() for p in build_model(ModelConfig(batchnorm=False)).parameters()) == 9424
+    assert count_params(ModelConfig.template(batchnorm=False)) == 9424
+    assert sum(p.numel() for p in build_model(ModelConfig.template(batchnorm=False)).parameters()) == 9424
 
 
 def test_summary_text_has_torchinfo_total_lines_with_readable_units():
@@ -63,7 +63,7 @@ def test_summary_text_has_torchinfo_total_lines_with_readable_units():
 def test_count_params_matches_built_model_for_random_configs():
     rng = random.Random(0)
     for _ in range(25):
-        cfg = ModelConfig(
+        cfg = ModelConfig.template(
             widths=tuple(rng.randint(1, 40) for _ in range(6)), batchnorm=rng.random() < 0.5,
             dropout=rng.choice([0.0, 0.1]),
         )
@@ -76,45 +76,45 @@ def test_forward_shapes_follow_the_plan():
     cfg = ModelConfig()
     model = build_model(cfg)
     x = torch.zeros(3, 1, 28, 28)
-    for layer, module in zip(layer_plan(cfg), model):
+    for row, module in zip(cfg.rows, model):
         x = module(x)
-        assert x.shape == (3, layer.out_channels, layer.out_size, layer.out_size), layer
+        assert x.shape == (3, *row.shape), row
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
 def test_receptive_field_grows_to_whole_image():
-    rf = dict(receptive_fields(ModelConfig()))
-    assert rf["block1 conv"] == 3
-    assert rf["block2 conv"] == 5
-    assert rf["pool maxpool"] == 6
-    assert rf["block3 conv"] == 10  # after the pool each 3x3 adds 2 * 2 input pixels
-    assert rf["block5 conv"] == 18
-    assert rf["gap avgpool"] == 28
+    rf = {row.name: row.receptive_field for row in ModelConfig().rows}
+    assert rf["1 conv"] == 3  # block1
+    assert rf["4 conv"] == 5  # block2
+    assert rf["8 maxpool"] == 6
+    assert rf["9 conv"] == 10  # block3: after the pool each 3x3 adds 2 * 2 input pixels
+    assert rf["15 conv"] == 18  # block5
+    assert rf["18 gap"] == 28
 
 
 @pytest.mark.parametrize(
     "widths, match",
     [
-        ((0, 16, 10, 12, 16, 30), "block1 is 0"),
-        ((12, -3, 10, 12, 16, 30), "block2 is -3"),
-        ((12, 16, 10, 12, 16, 100000), "block5 is 100000"),
+        ((0, 16, 10, 12, 16, 30), "width of block1 is 0"),
+        ((12, -3, 10, 12, 16, 30), "width of block2 is -3"),
+        ((12, 16, 10, 12, 16, 100000), "width of block5 is 100000"),
         ((12, 16, 10), "expected 6 values"),
         ((12, 16, 10.5, 12, 16, 30), "transition must be a whole number"),
     ],
 )
 def test_impossible_widths_are_refused_with_the_value(widths, match):
     with pytest.raises(ConfigError, match=match):
-        ModelConfig(widths=widths)
+        ModelConfig.template(widths=widths)
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 3])
+@pytest.mark.parametrize("p", [-0.1, 0.95, 3])
 def test_bad_dropout_is_refused(p):
     with pytest.raises(ConfigError, match="dropout"):
-        ModelConfig(dropout=p)
+        ModelConfig.template(dropout=p)
 
 
 def test_dropout_adds_layers_but_no_parameters():
-    cfg = ModelConfig(dropout=0.1)
+    cfg = ModelConfig.template(dropout=0.1)
     assert count_params(cfg) == 9596
     assert any(isinstance(m, torch.nn.Dropout2d) for m in build_model(cfg))
 
@@ -124,11 +124,10 @@ def test_lean_preset_is_under_8000_params():
 
 
 def test_plan_and_count_are_fast():
-    cfg = ModelConfig(widths=(8, 12, 10, 14, 16, 20))
+    cfg = ModelConfig.template(widths=(8, 12, 10, 14, 16, 20))
     t = time.perf_counter()
     for _ in range(100):
-        count_params(cfg)
-        receptive_fields(cfg)
+        ModelConfig.template(widths=(8, 12, 10, 14, 16, 20)).rows[-1].receptive_field
     assert (time.perf_counter() - t) / 100 < 0.01  # the UI calls these on every slider move
 
 

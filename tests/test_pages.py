@@ -66,18 +66,18 @@ def test_architecture_total_follows_batchnorm(app):
 def test_architecture_slider_and_text_agree_with_the_core(app):
     page(app, "views/architecture.py")
     app.slider(key="arch_w5").set_value(20).run()
-    assert total(app) == f"Total params: {count_params(ModelConfig(widths=(12, 16, 10, 12, 16, 20))):,}"
+    assert total(app) == f"Total params: {count_params(ModelConfig.template(widths=(12, 16, 10, 12, 16, 20))):,}"
     assert app.text_input(key="arch_text").value == "12,16,10,12,16,20"
 
     app.text_input(key="arch_text").input("8, 8,8,16,16,32").run()
     widths = (8, 8, 8, 16, 16, 32)
-    assert total(app) == f"Total params: {count_params(ModelConfig(widths=widths)):,}"
+    assert total(app) == f"Total params: {count_params(ModelConfig.template(widths=widths)):,}"
     assert tuple(app.slider(key=f"arch_w{i}").value for i in range(6)) == widths
     assert not app.error
 
     # the Train page trains what Architecture chose
     page(app, "views/train.py")
-    assert any(ModelConfig(widths=widths).describe() in c for c in texts(app.caption))
+    assert any(ModelConfig.template(widths=widths).describe() in c for c in texts(app.caption))
 
 
 @pytest.mark.parametrize("text", ["12,16,0,12,16,30", "12,16,10,12,16", "12,16,10,12,16,999"])
@@ -86,7 +86,7 @@ def test_architecture_bad_widths_show_the_core_message_and_keep_the_last_model(a
     app.checkbox(key="arch_bn").uncheck().run()
     assert total(app) == "Total params: 9,424"
     with pytest.raises(ConfigError) as e:
-        ModelConfig(widths=tuple(int(p) for p in text.split(",")), batchnorm=False)
+        ModelConfig.template(widths=tuple(int(p) for p in text.split(",")), batchnorm=False)
     app.text_input(key="arch_text").input(text).run()
     assert len(app.error) == 1
     assert str(e.value) in app.error[0].value
@@ -208,7 +208,7 @@ def test_draw_lists_the_bundled_model_and_finished_runs(app, finished_run):
     page(app, "views/draw.py")
     options = app.selectbox(key="draw_model").options
     assert options[0] == f"bundled model ({meta['model_config'].describe()}, {meta['test_acc']:.2f}%)"
-    assert any(o.startswith("tiny (12-16-10-12-16-30 BN, ") and o.endswith(", finished)") for o in options), options
+    assert any(o.startswith("tiny (12-16-10-12-16-30, BN, ") and o.endswith(", finished)") for o in options), options
     assert any("Draw a digit" in i for i in texts(app.info))  # nothing drawn yet
 
 

@@ -94,7 +94,7 @@ def test_checkpoint_save_failure_keeps_last_good_checkpoint(tmp_path, monkeypatc
     good = path.read_bytes()
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
-        save_checkpoint(path, build_model(ModelConfig(widths=(4, 4, 4, 4, 4, 4))))
+        save_checkpoint(path, build_model(ModelConfig.template(widths=(4, 4, 4, 4, 4, 4))))
     assert path.read_bytes() == good
     load_checkpoint(path)
 
@@ -103,7 +103,7 @@ def test_checkpoint_save_failure_keeps_last_good_checkpoint(tmp_path, monkeypatc
 
 
 def test_checkpoint_round_trip(tmp_path):
-    cfg = ModelConfig(widths=(8, 12, 10, 12, 16, 20), batchnorm=False)
+    cfg = ModelConfig.template(widths=(8, 12, 10, 12, 16, 20), batchnorm=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     save_checkpoint(tmp_path / "m.pt", model, {"epoch": 3})
@@ -150,7 +150,7 @@ def make_bad_files(tmp_path):
         "random zip": _zip_with(b"junk"),
     }
     other = {"format": "mnist-lab-checkpoint/1", "model_config": {"widths": [12, 16, 10, 12, 16, 30]},
-             "state_dict": build_model(ModelConfig(widths=(8, 8, 8, 8, 8, 8))).state_dict()}
+             "state_dict": build_model(ModelConfig.template(widths=(8, 8, 8, 8, 8, 8))).state_dict()}
     buf = io.BytesIO()
     torch.save(other, buf)
     files["other architecture"] = buf.getvalue()

@@ -55,11 +55,12 @@ def test_reference_template_has_the_reference_counts():
 @pytest.mark.parametrize("seed", range(60))
 def test_plan_matches_torch_for_random_lists(seed):
     torch = pytest.importorskip("torch")
-    from mnist_core.model import LayerNet
+    from mnist_core.config import ModelConfig
+    from mnist_core.model import build_model
 
     layers = random_layers(random.Random(seed))
     rows = plan(layers)
-    net = LayerNet(layers)
+    net = build_model(ModelConfig(tuple(layers)))
     assert sum(r.params for r in rows) == sum(p.numel() for p in net.parameters()), to_text(layers)
     x = torch.zeros(2, 1, 28, 28)
     for row, module in zip(rows, net):
@@ -71,10 +72,11 @@ def test_plan_matches_torch_for_random_lists(seed):
 @pytest.mark.parametrize("seed", range(10))
 def test_multiply_adds_match_torchinfo_row_for_row(seed):
     torchinfo = pytest.importorskip("torchinfo")
-    from mnist_core.model import LayerNet
+    from mnist_core.config import ModelConfig
+    from mnist_core.model import build_model
 
     layers = random_layers(random.Random(100 + seed))
-    stats = torchinfo.summary(LayerNet(layers), input_size=(1, 1, 28, 28), depth=1, verbose=0,
+    stats = torchinfo.summary(build_model(ModelConfig(tuple(layers))), input_size=(1, 1, 28, 28), depth=1, verbose=0,
                               col_names=("output_size", "num_params", "mult_adds"))
     assert [i.macs for i in stats.summary_list if i.depth == 1] == [r.macs for r in plan(layers)], to_text(layers)
 

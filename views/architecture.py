@@ -3,7 +3,7 @@ import streamlit as st
 
 from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig
 from mnist_core import insight
-from mnist_core.model import build_model, layer_plan, summary_rows
+from mnist_core.model import build_model, summary_rows
 from mnist_core import jobs
 from mnist_core.config import replace
 from mnist_core.runs import RunError, new_run_name
@@ -17,11 +17,12 @@ LABELS = {
 
 
 def set_widgets(cfg: ModelConfig) -> None:
-    for key, w in zip(WIDGETS, cfg.widths):
+    widths, batchnorm, dropout = cfg.template_settings() or ModelConfig().template_settings()
+    for key, w in zip(WIDGETS, widths):
         st.session_state[key] = w
-    st.session_state.arch_bn = cfg.batchnorm
-    st.session_state.arch_dropout = float(cfg.dropout)
-    st.session_state.arch_text = ",".join(map(str, cfg.widths))
+    st.session_state.arch_bn = batchnorm
+    st.session_state.arch_dropout = float(dropout)
+    st.session_state.arch_text = ",".join(map(str, widths))
     st.session_state.arch_error = None
 
 
@@ -42,7 +43,7 @@ def on_text():
         st.session_state.arch_error = f"widths must be 6 whole numbers separated by commas, got {text!r}"
         return
     try:
-        cfg = ModelConfig(widths=widths, batchnorm=st.session_state.arch_bn, dropout=st.session_state.arch_dropout)
+        cfg = ModelConfig.template(widths, st.session_state.arch_bn, st.session_state.arch_dropout)
     except ConfigError as e:
         st.session_state.arch_error = str(e)
         return
@@ -50,20 +51,18 @@ def on_text():
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def table(widths: tuple, batchnorm: bool, dropout: float) -> tuple[pd.DataFrame, int]:
-    cfg = ModelConfig(widths=widths, batchnorm=batchnorm, dropout=dropout)
+def table(cfg: ModelConfig) -> tuple[pd.DataFrame, int]:
     rows = summary_rows(cfg)
-    for row, layer in zip(rows, layer_plan(cfg)):
+    for row, layer in zip(rows, cfg.rows):
         row["receptive field"] = f"{layer.receptive_field}x{layer.receptive_field}"
-        row["block"] = layer.name
-    df = pd.DataFrame(rows)[["layer", "block", "output shape", "params", "receptive field", "mult-adds"]]
+    df = pd.DataFrame(rows)[["layer", "output shape", "params", "receptive field", "mult-adds"]]
     return df, int(df["mult-adds"].sum())
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def latency_ms(widths: tuple, batchnorm: bool, dropout: float) -> float:
+def latency_ms(cfg: ModelConfig) -> float:
     """Measured time of one single-image forward pass on this machine's CPU (median of 20)."""
-    return insight.inference_ms(build_model(ModelConfig(widths=widths, batchnorm=batchnorm, dropout=dropout)), repeat=20)
+    return insight.inference_ms(build_model(cfg), repeat=20)
 
 
 st.title("Architecture")
@@ -85,10 +84,8 @@ with left:
 
 error = st.session_state.get("arch_error")
 try:
-    cfg = ModelConfig(
-        widths=tuple(st.session_state[k] for k in WIDGETS), batchnorm=st.session_state.arch_bn,
-        dropout=st.session_state.arch_dropout,
-    )
+    cfg = ModelConfig.template(tuple(st.session_state[k] for k in WIDGETS), st.session_state.arch_bn,
+                               st.session_state.arch_dropout)
     choose_model(cfg)
 except ConfigError as e:
     error, cfg = str(e), current
@@ -96,7 +93,7 @@ except ConfigError as e:
 with right:
     if error:
         st.error(f"{error}. Showing the last valid model.", icon="🚫")
-    df, macs = table(cfg.widths, cfg.batchnorm, float(cfg.dropout))
+    df, macs = table(cfg)
     total = int(df["params"].sum())
     st.subheader(f"Total params: {total:,}")
     ratio = total / budget
@@ -105,11 +102,11 @@ with right:
         st.success(f"Within budget: {budget - total:,} parameters to spare.", icon="✅")
     else:
         st.warning(f"Over budget by {total - budget:,} parameters.", icon="⚠️")
-    rf = layer_plan(cfg)[-1].receptive_field
+    rf = cfg.rows[-1].receptive_field
     st.markdown(f"Model **{cfg.describe()}**")
     c1, c2, c3 = st.columns(3)
     c1.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M", help="as torchinfo counts them")
-    c2.metric("Inference, one image", f"{latency_ms(cfg.widths, cfg.batchnorm, float(cfg.dropout)):.2f} ms",
+    c2.metric("Inference, one image", f"{latency_ms(cfg):.2f} ms",
               help="measured on this machine's CPU: median of 20 single-image forward passes")
     c3.metric("Receptive field of the output", f"{rf}x{rf}")
     st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760))
@@ -124,10 +121,11 @@ with left, st.expander("Train A/B: BatchNorm on vs off"):
         size = st.selectbox("Training images", sorted({base.limit_train or 60000, 60000, 10000, 5000, 2000}, reverse=True), key="ab_size")
         launch = st.form_submit_button("Train A/B")
     if launch:
+        widths, _, dropout = cfg.template_settings()
         ab_train = replace(base, epochs=int(epochs), limit_train=None if size == 60000 else int(size))
         stamp = new_run_name(runs_dir(), "ab")
         specs = [
-            dict(model_cfg=replace(cfg, batchnorm=bn), train_cfg=ab_train, name=f"{stamp}-{'bn' if bn else 'nobn'}",
+            dict(model_cfg=ModelConfig.template(widths, bn, dropout), train_cfg=ab_train, name=f"{stamp}-{'bn' if bn else 'nobn'}",
                  target=f"A/B: BatchNorm {'on' if bn else 'off'}, all else equal")
             for bn in (True, False)
         ]

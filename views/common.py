@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -28,13 +27,12 @@ def active_run_name() -> str | None:
 
 def chosen_model() -> ModelConfig:
     if "model_cfg" not in st.session_state:
-        st.session_state.model_cfg = asdict(get_preset("reference").model)
-    d = st.session_state.model_cfg
-    return ModelConfig(widths=tuple(d["widths"]), batchnorm=d["batchnorm"], dropout=d["dropout"])
+        st.session_state.model_cfg = get_preset("reference").model.to_dict()
+    return ModelConfig.from_dict(st.session_state.model_cfg)
 
 
 def choose_model(cfg: ModelConfig) -> None:
-    st.session_state.model_cfg = asdict(cfg)
+    st.session_state.model_cfg = cfg.to_dict()
 
 
 def saved_settings() -> TrainConfig:

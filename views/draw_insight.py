@@ -46,7 +46,7 @@ def inside_the_model(model, pre: Preprocessed) -> None:
         st.plotly_chart(heatmap(insight.tile(filters, pad=1), f"First-layer filters ({len(filters)} of 3x3)", "RdBu"),
                         key="filters")
         st.caption("Each square is one 3x3 filter of block 1: red weights add, blue subtract.")
-    st.markdown("**Feature maps**: what each channel of each block responds to in your drawing (bright = active).")
+    st.markdown("**Feature maps**: what each channel of each group of layers responds to in your drawing (bright = active).")
     for label, a in maps:
         st.image(grey(insight.tile(a, cols=min(len(a), 16)), size=max(600, 40 * min(len(a), 16))), caption=label)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core import insight, jobs
+from mnist_core import insight, jobs, spec
 from mnist_core.config import ConfigError, replace
 from mnist_core.runs import CheckpointError, Run, RunError
 from views.common import curves_figure, load_model, metrics, runs_dir, try_load
@@ -96,6 +96,18 @@ def confusion_section(run: Run) -> None:
             st.image(np.kron(x[n].numpy(), np.ones((3, 3), np.uint8)), caption=f"#{n}: {j} {100 * p[j]:.0f}%, {i} {100 * p[i]:.0f}%")
 
 
+def model_rows(ra: Run, rb: Run) -> list[dict]:
+    """The A/B table's model rows: one per stretch of layers that differs (or one saying they match)."""
+    try:
+        la, lb = ra.model_config().layers, rb.model_config().layers
+    except (ConfigError, KeyError):
+        return [{"setting": "model.layers", "A": "?", "B": "?", "differs": True}]
+    changes = spec.diff(la, lb)
+    if not changes:
+        return [{"setting": "model.layers", "A": spec.to_text(la), "B": spec.to_text(lb), "differs": False}]
+    return [{"setting": f"model.{where}", "A": ta, "B": tb, "differs": True} for where, ta, tb in changes]
+
+
 def ab_section(runs: list[Run]) -> None:
     names = [r.name for r in runs]
     if len(names) < 2:
@@ -106,8 +118,8 @@ def ab_section(runs: list[Run]) -> None:
     b = c2.selectbox("B", names, index=0, key="ab_b")
     ra, rb = (next(r for r in runs if r.name == n) for n in (a, b))
     ca, cb = ra.config, rb.config
-    rows = []
-    for section in ("model", "train"):
+    rows = model_rows(ra, rb)
+    for section in ("train",):
         keys = sorted(set(ca.get(section, {})) | set(cb.get(section, {})))
         for k in keys:
             va, vb = ca.get(section, {}).get(k), cb.get(section, {}).get(k)
