@@ -432,7 +432,7 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["epochs"] == 2 and config["train"]["batch_size"] == 32
     assert config["train"]["limit_train"] == 1000 and config["target"] == "A quick try on 1,000 images"
-    assert config["model"]["widths"] == [12, 16, 10, 12, 16, 30]
+    assert ModelConfig.from_dict(config["model"]) == ModelConfig()  # the reference, as a layer list
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
     # the settings folded away, the curves and the card in view
@@ -527,8 +527,10 @@ def test_draw_shows_the_feature_maps_of_a_drawing(page, app_url):
     settle(page)
     page.get_by_role("tab", name="Inside the model").click()
     charts_drawn(page, "saliency", "filters")
-    for caption in ("block1: 12 channels, 26x26", "block2: 16 channels, 24x24", "transition: 10 channels, 24x24",
-                    "block3: 12 channels, 10x10", "block4: 16 channels, 8x8", "block5: 30 channels, 6x6"):
+    for caption in ("layer 1 conv: 12 channels, 26x26", "layer 4 conv: 16 channels, 24x24",
+                    "layer 7 conv: 10 channels, 24x24", "layer 8 maxpool: 10 channels, 12x12",
+                    "layer 9 conv: 12 channels, 10x10", "layer 12 conv: 16 channels, 8x8",
+                    "layer 15 conv: 30 channels, 6x6"):
         shown = page.get_by_test_id("stImage").filter(has=page.get_by_text(caption, exact=True))
         expect(shown).to_have_count(1)
         expect(shown.locator("img")).to_be_visible()
