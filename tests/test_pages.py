@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from apptest_kit import chart_keys, finished_tiny_run, page, texts
 
 from mnist_core import jobs
-from mnist_core.config import ConfigError, ModelConfig, TrainConfig
+from mnist_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from mnist_core.model import count_params
 from mnist_core.runs import BUNDLED_CHECKPOINT, Run, load_checkpoint
 
@@ -156,10 +156,27 @@ def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypa
     assert not button(app, "Start training").disabled and button(app, "Stop").disabled
 
 
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_train_page_starts_a_preset_exactly_as_it_is(app, runs_dir, monkeypatch, preset):
+    """Every setting of the preset, subset sizes included, reaches the training it starts."""
+    started = []
+
+    def start(runs_dir, model_cfg, train_cfg, **kw):
+        started.append(train_cfg)
+        return Run(runs_dir / preset)
+
+    monkeypatch.setattr(jobs, "start", start)
+    page(app, "views/train.py")
+    app.selectbox(key="tr_preset").select(preset).run()
+    button(app, "Start training").click().run()
+    assert not app.exception and not app.error
+    assert started == [PRESETS[preset].train]
+
+
 def test_train_page_start_turns_start_off_and_stop_on_at_once(app, runs_dir):
     page(app, "views/train.py")
     app.number_input(key="tr_epochs").set_value(50)
-    app.selectbox(key="tr_size").set_value("1,000")
+    app.selectbox(key="tr_size").set_value(1000)
     app.text_input(key="tr_name").set_value("mine")
     button(app, "Start training").click().run()
     try:

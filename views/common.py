@@ -40,9 +40,9 @@ def saved_settings() -> TrainConfig:
     return st.session_state.get("train_cfg") or get_preset("reference").train
 
 
-def save_settings(values: dict, limit_train: int | None) -> None:
+def save_settings(values: dict) -> None:
     try:
-        st.session_state.train_cfg = TrainConfig(**values, limit_train=limit_train)
+        st.session_state.train_cfg = TrainConfig(**values)
     except ConfigError:
         pass  # the page shows the refusal when Start is pressed; keep the last good settings
 

@@ -7,7 +7,20 @@ from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigEr
 from mnist_core.runs import Run, RunError, list_runs
 from views.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir, save_settings, saved_settings
 
-SIZES = {"all 60,000": None, "10,000": 10000, "5,000": 5000, "2,000": 2000, "1,000": 1000}
+# subset sizes offered; every preset's own sizes are offered too, so a preset comes through exactly
+TRAIN_SIZES = sorted({10000, 5000, 2000, 1000} | {p.train.limit_train for p in PRESETS.values() if p.train.limit_train},
+                     reverse=True)
+TEST_SIZES = sorted({5000, 2000, 1000} | {p.train.limit_test for p in PRESETS.values() if p.train.limit_test},
+                    reverse=True)
+
+
+def size_options(sizes: list[int], current: int | None) -> list[int | None]:
+    """None (all images) first, then the sizes, the current value among them whatever it is."""
+    return [None] + sorted(set(sizes) | ({current} if current else set()), reverse=True)
+
+
+def size_label(total: int):
+    return lambda n: f"all {total:,}" if n is None else f"{n:,}"
 FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", "seed", "device", "precision",
           "ema")
 
@@ -15,8 +28,8 @@ FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", 
 def set_hyper(cfg: TrainConfig) -> None:
     for f in FIELDS:
         st.session_state[f"tr_{f}"] = getattr(cfg, f)
-    size = {v: k for k, v in SIZES.items()}.get(cfg.limit_train)
-    st.session_state.tr_size = size or "all 60,000"
+    st.session_state.tr_size = cfg.limit_train
+    st.session_state.tr_test_size = cfg.limit_test
 
 
 def on_preset():
@@ -45,8 +58,9 @@ with st.expander("Settings", expanded=True):
     c2.slider("Augmentation (rotation degrees)", 0.0, 20.0, step=0.5, key="tr_augment",
               help="random rotation up to this angle, with a matching small shift and scale; 0 = off")
     c3.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
-    c4.selectbox("Training images", list(SIZES), key="tr_size", help="a subset trains faster, for a quick try")
-    c1, c2, c3, _ = st.columns(4)
+    c4.selectbox("Training images", size_options(TRAIN_SIZES, st.session_state.tr_size), key="tr_size",
+                 format_func=size_label(60000), help="a subset trains faster, for a quick try")
+    c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Device", DEVICES, key="tr_device")
     c2.selectbox("Precision", PRECISIONS, key="tr_precision",
                  help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs")
@@ -54,11 +68,21 @@ with st.expander("Settings", expanded=True):
                     key="tr_ema", help="a moving average of the weights (and BatchNorm statistics), updated every "
                     "step, is what is tested and saved: smoother and usually better than the last weights; "
                     "0.998 averages over about the last 500 steps; 0 = off")
+    c4.selectbox("Test images", size_options(TEST_SIZES, st.session_state.tr_test_size), key="tr_test_size",
+                 format_func=size_label(10000), help="tested after every epoch: a subset tests faster, but its "
+                 "accuracy is rougher (each of 2,000 images is 0.05 points)")
     c1, c2 = st.columns([1, 2])
     run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>", key="tr_name")
     target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
 
-save_settings({f: st.session_state[f"tr_{f}"] for f in FIELDS}, SIZES[st.session_state.tr_size])
+
+def page_settings() -> dict:
+    """The settings as the widgets hold them, as TrainConfig's keyword arguments."""
+    return {**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, "limit_train": st.session_state.tr_size,
+            "limit_test": st.session_state.tr_test_size}
+
+
+save_settings(page_settings())
 
 if started := st.session_state.pop("tr_started", None):  # set just before the rerun below
     st.toast(f"Started {started}")
@@ -69,7 +93,7 @@ stop = b2.button("Stop", disabled=not active)
 
 if start:
     try:
-        cfg = TrainConfig(**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, limit_train=SIZES[st.session_state.tr_size])
+        cfg = TrainConfig(**page_settings())
         run = jobs.start(runs_dir(), model_cfg, cfg, name=run_name.strip() or None, target=target.strip() or None)
         st.session_state.tr_run = st.session_state.tr_started = run.name
     except (ConfigError, RunError, jobs.Busy) as e:
