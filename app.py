@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+import views.preload  # noqa: F401  (heavy imports once, before several first sessions race for them)
+
 st.set_page_config(page_title="mnist-lab", page_icon="🔢", layout="wide")
 
 pages = [

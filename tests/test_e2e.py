@@ -11,6 +11,7 @@ so CI cannot pass by skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,13 +64,14 @@ def runs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e") / "runs"
 
 
-@pytest.fixture(scope="module")
-def server(runs_dir, tmp_path_factory):
-    """`streamlit run app.py` on a free port, with its own runs folder; yields the base URL."""
+@contextlib.contextmanager
+def serve(runs_dir: Path, log_dir: Path, script: str = "app.py"):
+    """`streamlit run <script>` from the project's root (so with its .streamlit/config.toml) on a free
+    port, with its own runs folder, in its own process group; yields the base URL once it answers."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log_path = log_dir / "streamlit.log"
     env = {**os.environ, "MNIST_LAB_RUNS": str(runs_dir), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
            "--server.headless", "true", "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -99,6 +101,15 @@ def server(runs_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir, tmp_path_factory):
+    """The app on a free port, with its own runs folder; yields the base URL."""
+    try:
+        with serve(runs_dir, tmp_path_factory.mktemp("server")) as url:
+            yield url
+    finally:
         stop_training(runs_dir)
 
 

@@ -989,6 +989,7 @@ def test_default_config_serves_localhost_only_with_xsrf_protection(tmp_path):
         pytest.skip("this machine has no network address besides loopback to serve on")
     port = free_port()
     args[args.index("--server.port") + 1] = str(port)
+    args[args.index("--server.allowedHosts") + 1] = ip  # the name people use: here, the address itself
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", *args], cwd=ROOT,
                               env={**os.environ, "MNIST_LAB_RUNS": str(tmp_path)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
@@ -1000,6 +1001,11 @@ def test_default_config_serves_localhost_only_with_xsrf_protection(tmp_path):
                 return False
 
         wait_for(up, 90, f"the server on {ip}:{port}")
+        # the allowed name drives the app; others, still, cannot
+        from test_e2e_security import websocket_handshake
+
+        assert websocket_handshake(f"http://{ip}:{port}", f"{ip}:{port}") == 101
+        assert websocket_handshake(f"http://{ip}:{port}", f"rebind.test:{port}") != 101
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(10)
