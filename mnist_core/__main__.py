@@ -173,7 +173,8 @@ def train_prepared(args) -> int:
     """
     from mnist_core.data import load_mnist
     from mnist_core.jobs import announce
-    from mnist_core.runs import Run, read_json
+    from mnist_core.files import read_json
+    from mnist_core.runs import Run
 
     if args.run_dir is None:
         raise UserError("--from-run needs --run-dir")
@@ -265,7 +266,7 @@ class Progress:
 
 def cmd_predict(args) -> int:
     from mnist_core.draw import describe, load_image, predict
-    from mnist_core.runs import BUNDLED_CHECKPOINT, load_checkpoint
+    from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint or BUNDLED_CHECKPOINT)
     images = [(path, load_image(path)) for path in args.images]  # all readable before any output
@@ -304,7 +305,8 @@ def cmd_bench(args) -> int:
 def main(argv=None) -> int:
     from mnist_core.data import DataError
     from mnist_core.draw import ImageError
-    from mnist_core.runs import CheckpointError, RunError
+    from mnist_core.checkpoint import CheckpointError
+    from mnist_core.runs import RunError
 
     try:
         args = build_parser().parse_args(argv)

@@ -157,7 +157,7 @@ def synthetic_drawing(size: int = 280) -> np.ndarray:
 
 def latency(repeat: int = 20) -> dict[str, float]:
     from mnist_core.draw import predict
-    from mnist_core.runs import BUNDLED_CHECKPOINT, load_checkpoint
+    from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 
     def build_and_count():
         cfg = ModelConfig.template((10, 14, 10, 14, 16, 20))

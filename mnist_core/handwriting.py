@@ -23,7 +23,7 @@ def save(image28: np.ndarray, label: int, folder: Path = HANDWRITING_DIR) -> Pat
     """Store a preprocessed drawing ((28, 28), 0..1) under its label; returns the file."""
     from PIL import Image
 
-    from mnist_core.runs import atomic_write_bytes
+    from mnist_core.files import atomic_write_bytes
 
     if not (isinstance(label, (int, np.integer)) and 0 <= int(label) <= 9):
         raise ValueError(f"label must be a digit 0-9, got {label!r}")

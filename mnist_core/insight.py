@@ -66,7 +66,7 @@ def file_sha256(path: Path) -> str:
 
 def cached_evaluation(checkpoint: Path, model: Net, test_x: torch.Tensor, test_y: torch.Tensor) -> Evaluation:
     """The test-set evaluation of a checkpoint, from `<checkpoint>.eval` when it matches the file."""
-    from mnist_core.runs import atomic_write_bytes
+    from mnist_core.files import atomic_write_bytes
 
     checkpoint = Path(checkpoint)
     cache = checkpoint.with_suffix(checkpoint.suffix + ".eval")

@@ -13,25 +13,26 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import os
 import re
 import shutil
-import tempfile
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
+from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint, save_checkpoint
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
-from mnist_core.model import Net, build_model
+from mnist_core.files import (
+    SMALL_FILE_BYTES,
+    UnreadableFile,
+    atomic_write_json,
+    atomic_write_text,
+    read_bytes,
+    read_json,
+)
 
 RUNS_DIR = Path(os.environ.get("MNIST_LAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bundled.pt"
-CHECKPOINT_FORMAT = "mnist-lab-checkpoint/1"
-MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024  # a model of this family is ~50 KB; anything this big is not ours
+METRICS_LIMIT = 512 * 1024**2  # metrics.jsonl of a long command-line run is hundreds of MB: an archive takes it whole
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 # the fields every record of a kind carries (train.py); a record without them is garbled and skipped
@@ -43,52 +44,8 @@ RECORD_FIELDS = {
 }
 
 
-class CheckpointError(ValueError):
-    """A file that is not a loadable mnist-lab checkpoint; the message says why."""
-
-
 class RunError(ValueError):
     """A run name or run directory that cannot be used."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files: write a temp file in the same directory, fsync, rename over the target.
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; run files are ordinary readable files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
-            # a failed write or fsync names no file; say which one (a full disk, say)
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
-        return default
 
 
 def _mapping(value) -> dict:
@@ -100,67 +57,6 @@ def _well_formed(rec) -> bool:
         return False
     return all(isinstance(rec.get(f), (int, float)) and not isinstance(rec.get(f), bool)
                for f in RECORD_FIELDS.get(rec["kind"], ()))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: a dict of plain types and tensors, saved by torch.save, loaded with weights_only.
-
-
-def save_checkpoint(path: Path, model: Net, extra: dict | None = None) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {"format": CHECKPOINT_FORMAT, "model_config": model.config.to_dict(), "state_dict": state, **(extra or {})}
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path | bytes, device: str = "cpu") -> tuple[Net, dict]:
-    """(model in eval mode, checkpoint metadata). Never executes code from the file.
-
-    `path` may also be the raw bytes of an uploaded file.
-    """
-    name = "uploaded file" if isinstance(path, (bytes, bytearray)) else str(path)
-    if isinstance(path, (bytes, bytearray)):
-        data = bytes(path)
-    else:
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise CheckpointError(f"{name}: cannot read checkpoint ({e.strerror})") from None
-        if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"{name}: {size / 1e6:.1f} MB is too large for a checkpoint of this app")
-        data = Path(path).read_bytes()
-    if not data:
-        raise CheckpointError(f"{name}: file is empty, not a checkpoint")
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{name}: {len(data) / 1e6:.1f} MB is too large for a checkpoint of this app")
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise CheckpointError(f"{name}: not a PyTorch checkpoint (not a torch.save archive); refusing to load it")
-    try:
-        # weights_only: the unpickler accepts tensors and plain containers only, never code
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it contains Python objects other than weights (possibly code), so it is refused"
-        raise CheckpointError(f"{name}: cannot load checkpoint: {reason[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{name}: not an mnist-lab checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    try:
-        cfg = model_config_from_dict(ckpt["model_config"])
-        model = build_model(cfg)
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (ConfigError, KeyError, TypeError, RuntimeError) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
-            lines = lines[1:]  # torch's header; the first real reason follows it
-        raise CheckpointError(f"{name}: weights do not fit the architecture it names: {lines[0][:200]}") from None
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-        raise CheckpointError(f"{name}: its weights contain NaN or infinite values (a training that diverged?)")
-    model.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict",)}
-    meta["model_config"] = cfg
-    return model.to(device), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +179,22 @@ class Run:
         except (FileNotFoundError, IsADirectoryError):
             pass
         return records
+
+    def read_file(self, name: str) -> bytes | None:
+        """One of the run's own files for a download or an archive: None when it is missing;
+        UnreadableFile when it is a link (nothing outside the run is ever read), a pipe, a
+        directory or too large."""
+        limit = MAX_CHECKPOINT_BYTES if name.endswith(".pt") else METRICS_LIMIT if name.endswith(".jsonl") \
+            else SMALL_FILE_BYTES
+        try:
+            return read_bytes(self.path / name, limit, follow_links=False)
+        except FileNotFoundError:
+            return None
+
+    def card_text(self) -> str | None:
+        """card.md's text, None when there is none; UnreadableFile names a card that cannot be read."""
+        data = self.read_file("card.md")
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def epochs(self) -> list[dict]:
         return [r for r in self.metrics() if r["kind"] == "epoch"]

@@ -101,7 +101,7 @@ def initial_model(model_cfg: ModelConfig, checkpoint: str | None) -> Net:
     """A fresh model, or the weights of `checkpoint`, which must be of the same architecture."""
     if not checkpoint:
         return build_model(model_cfg)
-    from mnist_core.runs import load_checkpoint
+    from mnist_core.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(Path(checkpoint))
     if meta["model_config"] != model_cfg:

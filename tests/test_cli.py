@@ -9,7 +9,7 @@ from PIL import Image
 from mnist_core.__main__ import main
 from mnist_core.model import build_model
 from mnist_core.config import ModelConfig
-from mnist_core.runs import BUNDLED_CHECKPOINT, save_checkpoint
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -465,7 +465,7 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     expect(archive).to_be_visible()
     downloads = []
     page.on("download", lambda download: downloads.append(download))
-    page.get_by_role("button", name="Download card", exact=True).click()
+    page.get_by_role("button", name="⬇ card.md", exact=True).click()
     archive.click()
     deadline = time.monotonic() + WAIT / 1000
     while len(downloads) < 2 and time.monotonic() < deadline:
@@ -484,7 +484,8 @@ def test_runs_confusion_matrix_cell_click_shows_its_mistakes(page, app_url, runs
 
     from mnist_core.config import TrainConfig
     from mnist_core.insight import Evaluation, cached_evaluation
-    from mnist_core.runs import execute, load_checkpoint
+    from mnist_core.checkpoint import load_checkpoint
+    from mnist_core.runs import execute
 
     run = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=640, lr=0.05), name="e2e-cm")
     execute(run, mnist)  # the whole test set: the mistakes are cached with the run, as the app's are

@@ -35,23 +35,21 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from mnist_core import jobs
+from mnist_core import checkpoint as checkpoint_mod
 from mnist_core import runs as runs_mod
 from mnist_core.__main__ import main
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import DATA_DIR, FILES
 from mnist_core.draw import EmptyDrawing, TooSmall, predict, preprocess
 from mnist_core.model import build_model
-from mnist_core.runs import (
+from mnist_core.checkpoint import (
     BUNDLED_CHECKPOINT,
     MAX_CHECKPOINT_BYTES,
     CheckpointError,
-    Run,
-    RunError,
-    execute,
-    list_runs,
     load_checkpoint,
     save_checkpoint,
 )
+from mnist_core.runs import Run, RunError, execute, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -621,14 +619,14 @@ class RunsCode:
 def bad_checkpoints(tmp_path: Path, marker: Path) -> dict[str, bytes]:
     good = io.BytesIO()
     model = build_model(ModelConfig())
-    torch.save({"format": runs_mod.CHECKPOINT_FORMAT, "model_config": {"widths": [12, 16, 10, 12, 16, 30]},
+    torch.save({"format": checkpoint_mod.CHECKPOINT_FORMAT, "model_config": {"widths": [12, 16, 10, 12, 16, 30]},
                 "state_dict": model.state_dict()}, good)
     data = good.getvalue()
     evil_zip = io.BytesIO()
-    torch.save({"format": runs_mod.CHECKPOINT_FORMAT, "model_config": {}, "state_dict": model.state_dict(),
+    torch.save({"format": checkpoint_mod.CHECKPOINT_FORMAT, "model_config": {}, "state_dict": model.state_dict(),
                 "payload": RunsCode(marker)}, evil_zip)
     other = io.BytesIO()
-    torch.save({"format": runs_mod.CHECKPOINT_FORMAT, "model_config": {"widths": [12, 16, 10, 12, 16, 30]},
+    torch.save({"format": checkpoint_mod.CHECKPOINT_FORMAT, "model_config": {"widths": [12, 16, 10, 12, 16, 30]},
                 "state_dict": build_model(ModelConfig.template(widths=(8, 8, 8, 8, 8, 8), batchnorm=False)).state_dict()}, other)
     foreign = io.BytesIO()
     torch.save(model.state_dict(), foreign)  # a plain state_dict: a torch file, not ours

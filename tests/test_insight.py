@@ -12,7 +12,8 @@ from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.draw import preprocess, step_predictions
 from mnist_core.export import archive_bytes, torchscript_bytes
 from mnist_core.model import build_model
-from mnist_core.runs import BUNDLED_CHECKPOINT, Run, execute, load_checkpoint, save_checkpoint
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint, save_checkpoint
+from mnist_core.runs import Run, execute
 from mnist_core.train import evaluate, train
 
 

@@ -25,7 +25,8 @@ from mnist_core import handwriting, insight, jobs
 from mnist_core.bench import synthetic_drawing
 from mnist_core.config import ModelConfig, get_preset, replace
 from mnist_core.draw import predict, steps
-from mnist_core.runs import BUNDLED_CHECKPOINT, Run, load_checkpoint
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from mnist_core.runs import Run
 
 @pytest.fixture
 def hw_dir(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ from apptest_kit import chart_keys, finished_tiny_run, page, texts
 from mnist_core import jobs
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from mnist_core.model import count_params
-from mnist_core.runs import BUNDLED_CHECKPOINT, Run, load_checkpoint
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from mnist_core.runs import Run
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py"]

@@ -13,17 +13,9 @@ import torch
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.data import DATA_DIR, DataError, load_mnist, verify
 from mnist_core.model import build_model
-from mnist_core.runs import (
-    CheckpointError,
-    Run,
-    RunError,
-    atomic_write_text,
-    check_run_name,
-    execute,
-    list_runs,
-    load_checkpoint,
-    save_checkpoint,
-)
+from mnist_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mnist_core.files import atomic_write_text
+from mnist_core.runs import Run, RunError, check_run_name, execute, list_runs
 
 
 # --- data ----------------------------------------------------------------------------------

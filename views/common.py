@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -10,7 +13,9 @@ import streamlit as st
 
 from mnist_core import jobs
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
-from mnist_core.runs import BUNDLED_CHECKPOINT, RUNS_DIR, CheckpointError, Run, list_runs, load_checkpoint
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
+from mnist_core.files import UnreadableFile
+from mnist_core.runs import RUNS_DIR, Run, list_runs
 
 
 
@@ -52,12 +57,53 @@ def save_settings(values: dict) -> None:
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _load_model(path: str, mtime: float):
-    return load_checkpoint(Path(path))
+    return load_checkpoint(Path(path), follow_links=False)  # run folders are input: no links out of them
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
+UPLOAD_CACHE_BYTES = 64 * 2**20  # uploaded checkpoints kept loaded, all sessions together
+SESSION_UPLOAD_BYTES = 40 * 2**20  # uploaded files a session keeps to choose from
+
+
+class ByteBoundedCache:
+    """Least recently used entries, evicted while their sizes add up to more than `limit` bytes
+    (the newest entry always stays). Thread-safe: sessions run in threads of one server."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total = limit, 0
+        self._items: OrderedDict = OrderedDict()  # key -> (size, value)
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][1]
+
+    def put(self, key, value, size: int) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.total += size - (old[0] if old else 0)
+            self._items[key] = (size, value)
+            while self.total > self.limit and len(self._items) > 1:
+                self.total -= self._items.popitem(last=False)[1][0]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@st.cache_resource(show_spinner=False)
+def _upload_cache() -> ByteBoundedCache:
+    return ByteBoundedCache(UPLOAD_CACHE_BYTES)
+
+
 def _load_model_bytes(data: bytes):
-    return load_checkpoint(data)
+    cache, key = _upload_cache(), hashlib.sha256(data).digest()
+    loaded = cache.get(key)
+    if loaded is None:
+        loaded = load_checkpoint(data)
+        cache.put(key, loaded, len(data) + sum(t.nbytes for t in loaded[0].state_dict().values()))
+    return loaded
 
 
 def load_model(path: Path | bytes):
@@ -95,6 +141,20 @@ def model_choices() -> dict[str, Path]:
             acc = f", {s['best test acc']:.2f}%" if s["best test acc"] is not None else ""
             choices[f"{run.name} ({s['architecture']}{acc}, {s['status']})"] = ckpt
     return choices
+
+
+def show_card(run: Run, missing: str = "This run has no card (it may have ended before its first epoch).") -> None:
+    """The run's card in a box; a card that cannot be read is named, not shown."""
+    try:
+        text = run.card_text()
+    except UnreadableFile as e:
+        st.warning(f"The card cannot be shown: {e}")
+        return
+    if text is None:
+        st.info(missing)
+        return
+    with st.container(border=True):
+        st.markdown(text)
 
 
 def try_load(path: Path):

@@ -4,8 +4,8 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from mnist_core.draw import EmptyDrawing, TooSmall, predict
-from mnist_core.runs import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint
-from views.common import model_choices, try_load
+from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError
+from views.common import SESSION_UPLOAD_BYTES, load_model, model_choices, try_load
 
 st.title("Draw")
 st.caption("Draw a digit with the mouse (or a finger). It is cropped, scaled to 20x20 and centred by its "
@@ -31,7 +31,7 @@ with left:
         if f is None:
             return
         try:
-            _, meta = load_checkpoint(f.getvalue())
+            _, meta = load_model(f.getvalue())
         except CheckpointError as e:
             st.session_state.draw_upload_error = f"{f.name}: {str(e).removeprefix('uploaded file: ')}"
             return
@@ -39,8 +39,8 @@ with left:
         uploads = st.session_state.setdefault("draw_uploads", {})
         uploads.pop(name, None)
         uploads[name] = f.getvalue()
-        while len(uploads) > 4:  # keep a session's memory bounded
-            uploads.pop(next(iter(uploads)))
+        while sum(map(len, uploads.values())) > SESSION_UPLOAD_BYTES and len(uploads) > 1:
+            uploads.pop(next(iter(uploads)))  # a session's memory stays bounded in bytes, oldest first
         st.session_state.draw_model = name
 
     st.file_uploader("Or upload a checkpoint (.pt)", type=["pt"], key="draw_upload", on_change=take_upload,

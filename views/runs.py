@@ -2,8 +2,9 @@ import pandas as pd
 import streamlit as st
 
 from mnist_core import jobs
+from mnist_core.files import UnreadableFile
 from mnist_core.runs import RunError
-from views.common import curves_figure, metrics, runs_dir
+from views.common import curves_figure, metrics, runs_dir, show_card
 
 st.title("Runs")
 runs = jobs.refresh_all(runs_dir())
@@ -36,23 +37,22 @@ run = by_name[name]
 summary = run.summary()
 if summary["reason"]:
     st.warning(summary["reason"])
-card = run.path / "card.md"
 c1, c2, c3 = st.columns([3, 1, 1])
 with c1:
-    if card.exists():
-        with st.container(border=True):
-            st.markdown(card.read_text(errors="replace"))
-    else:
-        st.info("This run has no card (it may have ended before its first epoch).")
+    show_card(run)
 with c2:
-    for fname, label in (("best.pt", "Download best checkpoint"), ("last.pt", "Download last checkpoint"),
-                         ("card.md", "Download card")):
-        path = run.path / fname
-        if path.exists():
+    for fname, what in (("best.pt", "the checkpoint of the best epoch"), ("last.pt", "the checkpoint of the last "
+                        "epoch (or of the stop)"), ("card.md", "the card, as Markdown")):
+        try:
+            data = run.read_file(fname)
+        except UnreadableFile as e:
+            st.caption(f"{fname} is not offered: {e}")
+            continue
+        if data is not None:
             # on_click="ignore": a download need not rerun the page, and a rerun would drop another
             # download clicked just after it (the export's files are built on demand)
-            st.download_button(label, path.read_bytes(), file_name=f"{run.name}-{fname}", key=f"dl_{fname}",
-                               on_click="ignore")
+            st.download_button(f"⬇ {fname}", data, file_name=f"{run.name}-{fname}", key=f"dl_{fname}",
+                               on_click="ignore", help=f"Download {what}", width="stretch")
 with c3:
     if st.button("Delete run", key="del_ask"):
         st.session_state.confirm_delete = run.name

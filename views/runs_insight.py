@@ -9,8 +9,9 @@ import streamlit as st
 
 from mnist_core import insight, jobs, spec
 from mnist_core.config import ConfigError, replace
-from mnist_core.runs import CheckpointError, Run, RunError
-from views.common import curves_figure, load_model, metrics, runs_dir, try_load
+from mnist_core.checkpoint import CheckpointError
+from mnist_core.runs import Run, RunError
+from views.common import curves_figure, load_model, metrics, runs_dir, show_card, try_load
 
 
 @st.cache_resource(show_spinner="Loading the MNIST test set...")
@@ -141,9 +142,8 @@ def ab_section(runs: list[Run]) -> None:
     c2.plotly_chart(curves_figure(series, "acc"), key="ab_acc")
     c1, c2 = st.columns(2)
     for col, r in ((c1, ra), (c2, rb)):
-        card = r.path / "card.md"
-        with col, st.container(border=True):
-            st.markdown(card.read_text(errors="replace") if card.exists() else "_no card_")
+        with col:
+            show_card(r, missing="No card.")
 
 
 def resume_and_export(run: Run) -> None:

@@ -5,7 +5,16 @@ import streamlit as st
 from mnist_core import jobs
 from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
-from views.common import batch_loss_figure, chosen_model, curves_figure, metrics, runs_dir, save_settings, saved_settings
+from views.common import (
+    batch_loss_figure,
+    chosen_model,
+    curves_figure,
+    metrics,
+    runs_dir,
+    save_settings,
+    saved_settings,
+    show_card,
+)
 
 # subset sizes offered; every preset's own sizes are offered too, so a preset comes through exactly
 TRAIN_SIZES = sorted({10000, 5000, 2000, 1000} | {p.train.limit_train for p in PRESETS.values() if p.train.limit_train},
@@ -155,10 +164,7 @@ def live():
     if batches:
         st.plotly_chart(batch_loss_figure(batches), key="batch_curve")
     if status != "running":
-        card = run.path / "card.md"
-        if card.exists():
-            with st.container(border=True):
-                st.markdown(card.read_text(errors="replace"))
+        show_card(run, missing="No card yet.")
         # the process writes its final status, then exits and frees the lock: wait for both
         if st.session_state.get("tr_was_running") == run.name and not jobs.active(runs_dir()):
             st.session_state.tr_was_running = None
