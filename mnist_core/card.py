@@ -14,6 +14,11 @@ OVERFIT_GAP = 0.3  # points of train-over-test accuracy that we call overfitting
 UNDERFIT_TRAIN = 95.0  # below this train accuracy the model has not yet fit the data: a gap is not overfitting
 
 
+def plural(n, word: str) -> str:
+    """'1 epoch', '2 epochs', '? epochs'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def target_text(cfg: dict) -> str:
     from mnist_core.config import ConfigError, ModelConfig
 
@@ -42,7 +47,7 @@ def target_text(cfg: dict) -> str:
     if cfg.get("target"):
         lines.append(cfg["target"])
     lines.append(
-        f"Train {architecture} ({cfg.get('params', '?')} params) for {train.get('epochs')} epochs, "
+        f"Train {architecture} ({cfg.get('params', '?')} params) for {plural(train.get('epochs'), 'epoch')}, "
         f"batch {train.get('batch_size')}, SGD lr {train.get('lr')} momentum {train.get('momentum')}, {sched}{aug}{subset}."
     )
     lines.append(f"Reach {GOAL}% test accuracy.")
@@ -100,9 +105,9 @@ def analysis(epochs: list[dict], status: str, planned: int | None, cfg_train: di
         if not rising:  # a rising curve spreads by design; stability says something only once it levels off
             out.append(f"Last 3 epochs vary by {spread:.2f} points ({'stable' if spread < 0.15 else 'unstable'}).")
     if status == "stopped":
-        out.append(f"Run was stopped after {n} of {planned} epochs.")
+        out.append(f"Run was stopped after {n} of {plural(planned, 'epoch')}.")
     elif status in ("failed", "interrupted"):
-        out.append(f"Run {status} after {n} of {planned} epochs.")
+        out.append(f"Run {status} after {n} of {plural(planned, 'epoch')}.")
     secs = [e["seconds"] for e in epochs]
     out.append(f"An epoch took {statistics.median(secs):.1f} s (median), {sum(secs) / 60:.1f} min in all.")
     return out

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_core.files import atomic_write_bytes, read_bytes
+
 HANDWRITING_DIR = Path(os.environ.get("MNIST_LAB_HANDWRITING", Path(__file__).resolve().parent.parent / "handwriting"))
 
 
 def save(image28: np.ndarray, label: int, folder: Path = HANDWRITING_DIR) -> Path:
     """Store a preprocessed drawing ((28, 28), 0..1) under its label; returns the file."""
     from PIL import Image
-
-    from mnist_core.files import atomic_write_bytes
 
     if not (isinstance(label, (int, np.integer)) and 0 <= int(label) <= 9):
         raise ValueError(f"label must be a digit 0-9, got {label!r}")
@@ -39,8 +39,14 @@ def save(image28: np.ndarray, label: int, folder: Path = HANDWRITING_DIR) -> Pat
     return path
 
 
+MAX_FILE_BYTES = 256 * 1024  # a saved 28x28 PNG is under 1 KB
+
+
 def load(folder: Path = HANDWRITING_DIR) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 28, 28) uint8, labels (N,) int64); unreadable or odd-sized files are skipped."""
+    """(images (N, 28, 28) uint8, labels (N,) int64). The folder is input like a run folder: only
+    regular files (no pipes, no links out), of a bounded size, that are 28x28 images are read; the
+    size is checked in the image's header before any pixel is decoded, so a decompression bomb
+    costs nothing. Anything else is skipped."""
     from PIL import Image
 
     images, labels = [], []
@@ -48,13 +54,15 @@ def load(folder: Path = HANDWRITING_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     for digit in range(10):
         for f in sorted((folder / str(digit)).glob("*.png")):
             try:
-                with Image.open(f) as im:
+                data = read_bytes(f, MAX_FILE_BYTES, follow_links=False)
+                with Image.open(io.BytesIO(data)) as im:
+                    if im.size != (28, 28):
+                        continue
                     a = np.asarray(im.convert("L"))
-            except OSError:
+            except (OSError, ValueError, Image.DecompressionBombError):  # UnreadableFile is a ValueError
                 continue
-            if a.shape == (28, 28):
-                images.append(a)
-                labels.append(digit)
+            images.append(a)
+            labels.append(digit)
     if not images:
         return torch.zeros((0, 28, 28), dtype=torch.uint8), torch.zeros((0,), dtype=torch.long)
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long)

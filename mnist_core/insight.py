@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES, inspect_archive
 from mnist_core.data import normalize
+from mnist_core.files import atomic_write_bytes, read_bytes
 from mnist_core.model import Net
 
 CACHE_FORMAT = "mnist-lab-eval/2"  # /2: probabilities kept in float32, so predictions match the training's own test
@@ -61,22 +63,36 @@ def evaluate_probs(model: Net, x: torch.Tensor, batch_size: int = 2000) -> np.nd
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(read_bytes(path, MAX_CHECKPOINT_BYTES)).hexdigest()
+
+
+def _read_cache(cache: Path, digest: str, test_y: torch.Tensor) -> Evaluation | None:
+    """The cached evaluation when it is ours, of this checkpoint and of this test set; else None.
+    The file is input like any in a run folder: it is inspected before loading, and its labels
+    must be the test set's and its probabilities (N, 10) and finite."""
+    try:
+        data = read_bytes(cache, 4 * 1024 * 1024, follow_links=False)
+        inspect_archive(data, str(cache))
+        c = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        probs, labels = c["probs"], c["labels"]
+        if (c.get("format") != CACHE_FORMAT or c.get("checkpoint_sha256") != digest
+                or not isinstance(probs, torch.Tensor) or not isinstance(labels, torch.Tensor)
+                or not torch.equal(labels, test_y) or probs.shape != (len(test_y), 10)
+                or not torch.isfinite(probs).all()):
+            return None
+        return Evaluation(probs.float().numpy(), labels.numpy())
+    except Exception:  # missing, stale, damaged or forged: whatever torch raises for it, compute again
+        return None
 
 
 def cached_evaluation(checkpoint: Path, model: Net, test_x: torch.Tensor, test_y: torch.Tensor) -> Evaluation:
     """The test-set evaluation of a checkpoint, from `<checkpoint>.eval` when it matches the file."""
-    from mnist_core.files import atomic_write_bytes
-
     checkpoint = Path(checkpoint)
     cache = checkpoint.with_suffix(checkpoint.suffix + ".eval")
     digest = file_sha256(checkpoint)
-    try:
-        c = torch.load(cache, map_location="cpu", weights_only=True)
-        if c.get("format") == CACHE_FORMAT and c.get("checkpoint_sha256") == digest and len(c["labels"]) == len(test_y):
-            return Evaluation(c["probs"].float().numpy(), c["labels"].numpy())
-    except (OSError, RuntimeError, ValueError, KeyError, AttributeError, EOFError):
-        pass  # missing or stale or damaged: compute again
+    ev = _read_cache(cache, digest, test_y)
+    if ev is not None:
+        return ev
     ev = Evaluation(evaluate_probs(model, test_x), test_y.numpy())
     buf = io.BytesIO()
     torch.save(

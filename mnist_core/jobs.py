@@ -22,7 +22,9 @@ import sys
 import threading
 from pathlib import Path
 
+from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.files import UnreadableFile, describe_os_error, read_bytes
 from mnist_core.runs import Run, RunError, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,8 +78,11 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
     for spec in specs:
         check_can_train(spec["train_cfg"])
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunError(f"cannot start the training: {describe_os_error(e)}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,28 +93,38 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
             for spec in specs:
                 runs.append(Run.create(runs_dir, spec["model_cfg"], spec["train_cfg"], name=spec.get("name"),
                                        target=spec.get("target"), preset=spec.get("preset"), parent=spec.get("parent")))
-        except BaseException:
+            with open(runs[0].path / "train.log", "wb") as log:
+                proc = _spawn(runs, fd, log)
+        except BaseException as e:
             for run in runs:  # all or nothing: no orphan queued runs
                 shutil.rmtree(run.path, ignore_errors=True)
+            if isinstance(e, OSError):  # a full or read-only disk: one line naming the file
+                raise RunError(f"cannot start the training: {describe_os_error(e)}") from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, runs[0].name.encode(), 0)
-        cmd = [sys.executable, "-m", "mnist_core", "train", "--from-run", "--run-dir", str(runs[0].path), "--quiet"]
-        for run in runs[1:]:
-            cmd += ["--then", str(run.path)]
-        with open(runs[0].path / "train.log", "wb") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                pass_fds=(fd,), start_new_session=True,  # survives the app; holds the lock
-                env={**os.environ, LOCK_FD_ENV: str(fd)},
-            )
         for i, run in enumerate(runs):
-            run.set_status("running" if i == 0 else "queued", pid=proc.pid)
+            try:
+                run.set_status("running" if i == 0 else "queued", pid=proc.pid)
+            except OSError:
+                pass  # a disk that filled just now: the process reports for itself, or refresh() does
         _children[proc.pid] = proc
         threading.Thread(target=proc.wait, daemon=True).start()  # reap it, so it never lingers as a zombie
         return runs
     finally:
         os.close(fd)  # the child's inherited copy keeps the lock
+
+
+def _spawn(runs: list[Run], fd: int, log) -> subprocess.Popen:
+    """The training process for the queue `runs`, holding the lock `fd`, writing to `log`."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, runs[0].name.encode(), 0)
+    cmd = [sys.executable, "-m", "mnist_core", "train", "--from-run", "--run-dir", str(runs[0].path), "--quiet"]
+    for run in runs[1:]:
+        cmd += ["--then", str(run.path)]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        pass_fds=(fd,), start_new_session=True,  # survives the app; holds the lock
+        env={**os.environ, LOCK_FD_ENV: str(fd)},
+    )
 
 
 def announce(name: str) -> None:
@@ -128,8 +143,13 @@ def stop(run: Run) -> None:
     run.request_stop()
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
+MAX_PID = 2**22  # Linux's ceiling (pid_max): anything else in a status file is not a process of ours
+
+
+def pid_alive(pid) -> bool:
+    """Whether `pid` (as read from a run's status.json: any JSON value) is a live training process.
+    Only a whole number from 2 to MAX_PID can be: never 0, -1 (which signals every process) or 1."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 < pid <= MAX_PID:
         return False
     proc = _children.get(pid)
     if proc is not None:
@@ -164,15 +184,16 @@ def refresh(run: Run) -> str:
         except OSError:
             pass
         return "interrupted"
-    proc = _children.get(status.get("pid"))
+    pid = status.get("pid")
+    proc = _children.get(pid) if isinstance(pid, int) else None
     code = proc.returncode if proc is not None else None
     if code is not None and code < 0:
         state, reason = "failed", f"the training process was killed by signal {-code} ({signal.Signals(-code).name})"
     elif code is not None and code != 0:
         state, reason = "failed", f"the training process exited with code {code}: {_last_log_line(run)}"
     else:
-        epochs = len(run.epochs())
-        state, reason = "interrupted", f"the training process ended without a final status after {epochs} epoch(s)"
+        state, reason = "interrupted", ("the training process ended without a final status after "
+                                        f"{plural(len(run.epochs()), 'epoch')}")
     try:  # a full or read-only disk must not take the page down: the state is still known
         from mnist_core.runs import write_card
 
@@ -192,16 +213,19 @@ def refresh_all(runs_dir: Path) -> list[Run]:
 
 def _last_log_line(run: Run) -> str:
     try:
-        lines = [l for l in (run.path / "train.log").read_text(errors="replace").splitlines() if l.strip()]
-    except OSError:
+        data = read_bytes(run.path / "train.log", 64 * 1024 * 1024, follow_links=False)
+    except (OSError, UnreadableFile):
         return "no log"
+    lines = [l for l in data.decode("utf-8", errors="replace").splitlines() if l.strip()]
     return lines[-1][:200] if lines else "no output"
 
 
 def delete(run: Run) -> None:
-    """Remove a run directory; refuses a run that is still training."""
-    import shutil
-
+    """Remove a run directory; refuses a run that is still training. A disk that will not let go
+    (read-only, say) is a RunError naming the file."""
     if refresh(run) == "running":
         raise RunError(f"run {run.name!r} is still training: stop it first")
-    shutil.rmtree(run.path)
+    try:
+        shutil.rmtree(run.path)
+    except OSError as e:
+        raise RunError(f"cannot delete run {run.name!r}: {describe_os_error(e)}") from None

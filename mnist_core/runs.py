@@ -13,8 +13,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
+import stat
+import threading
+from collections import OrderedDict
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -52,11 +56,153 @@ def _mapping(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+_COUNTS = ("epoch", "batch", "batches", "step", "test_correct", "test_total", "epochs")  # whole numbers
+_SHARES = ("acc", "train_acc", "test_acc")  # percentages
+_RATES = ("lr", "seconds", "images_per_s", "elapsed")  # finite, not negative
+
+
 def _well_formed(rec) -> bool:
-    if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
+    """A record as train.py writes it: a known kind, its fields there, counts whole and in range,
+    accuracies 0-100, rates finite. Losses may be NaN or infinite (a training that diverged)."""
+    if not isinstance(rec, dict) or rec.get("kind") not in RECORD_FIELDS:
         return False
-    return all(isinstance(rec.get(f), (int, float)) and not isinstance(rec.get(f), bool)
-               for f in RECORD_FIELDS.get(rec["kind"], ()))
+    for f in RECORD_FIELDS[rec["kind"]]:
+        v = rec.get(f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+    for f, v in rec.items():
+        if f in _COUNTS and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 10**9):
+            return False
+        if f in _SHARES and (not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0):
+            return False
+        if f in _RATES and (not isinstance(v, (int, float)) or not 0.0 <= v < 1e12):
+            return False
+    return True
+
+
+class MetricsLog:
+    """The records of one metrics.jsonl, read incrementally: each look parses only the lines
+    appended since the last one. What is kept is bounded whatever the file's size: every epoch
+    and stop record, the latest batch, and an evenly spaced sample of at most MAX_BATCHES batch
+    records (the stride doubles as the file grows). Batch lines that the sample skips are
+    recognised without being parsed, so a 200 MB log of a long run costs one pass, then nothing."""
+
+    MAX_BATCHES = 2000
+    MAX_EPOCHS = 20000
+    CHUNK = 8 * 1024 * 1024
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self._reset(None)
+
+    def _reset(self, ident) -> None:
+        self.ident, self.offset = ident, 0
+        self.epochs: list[dict] = []
+        self.others: list[tuple[int, dict]] = []  # (line number, epoch or stop record)
+        self.batches: list[tuple[int, dict]] = []  # (line number, record) of every `stride`-th batch
+        self.last_batch: dict | None = None
+        self.lines = self.batch_count = 0
+        self.stride = 1
+        self.error: str | None = None
+
+    def update(self) -> "MetricsLog":
+        """Read what was appended; a missing file is an empty log, one that cannot be read says why in .error."""
+        with self.lock:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                self._reset(None)
+                return self
+            except OSError as e:
+                self._reset(None)
+                self.error = f"{self.path}: is a symbolic link; not read" if e.errno == errno.ELOOP else \
+                    f"{self.path}: {e.strerror}"
+                return self
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    self._reset(None)
+                    self.error = f"{self.path}: is not a regular file; not read"
+                    return self
+                ident = (st.st_dev, st.st_ino)
+                if ident != self.ident or st.st_size < self.offset:  # a new file, or one cut short
+                    self._reset(ident)
+                while self.offset < st.st_size:
+                    chunk = os.pread(fd, min(self.CHUNK, st.st_size - self.offset), self.offset)
+                    if not chunk:
+                        break
+                    end = chunk.rfind(b"\n")
+                    if end < 0:
+                        if len(chunk) < self.CHUNK:
+                            break  # a line still being written: read it when it is whole
+                        end = len(chunk) - 1  # a line longer than a chunk is no record of ours: skip it
+                    self._parse(chunk[: end + 1])
+                    self.offset += end + 1
+            finally:
+                os.close(fd)
+        return self
+
+    def _parse(self, data: bytes) -> None:
+        skipped = None  # the last batch line the sample skipped: parsed at the end, as the latest batch
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            self.lines += 1
+            if line.startswith(b'{"kind": "batch"'):  # train.py writes the kind first
+                self.batch_count += 1
+                if (self.batch_count - 1) % self.stride:
+                    skipped = line
+                    continue
+            rec = _record(line)
+            if rec is None:
+                continue
+            if rec["kind"] == "batch":
+                skipped, self.last_batch = None, rec
+                if (self.batch_count - 1) % self.stride == 0:
+                    self.batches.append((self.lines, rec))
+                    if len(self.batches) > self.MAX_BATCHES:
+                        self.batches = self.batches[::2]
+                        self.stride *= 2
+            elif len(self.others) < self.MAX_EPOCHS:
+                self.others.append((self.lines, rec))
+                if rec["kind"] == "epoch":
+                    self.epochs.append(rec)
+        if skipped is not None:
+            self.last_batch = _record(skipped) or self.last_batch
+
+    def records(self) -> list[dict]:
+        """Epochs, stops, the sampled batches and the latest batch, in the order they were written."""
+        with self.lock:
+            kept = sorted([*self.batches, *self.others], key=lambda item: item[0])
+        out = [r for _, r in kept]
+        if self.last_batch is not None and not any(r is self.last_batch for _, r in self.batches[-1:]):
+            out.append(self.last_batch)
+        return out
+
+
+def _record(line: bytes) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # a cut line, garbage, or JSON nested thousands deep
+        return None
+    return rec if _well_formed(rec) else None
+
+
+_LOGS: OrderedDict = OrderedDict()  # path -> MetricsLog, the most recently used last
+_LOGS_LOCK = threading.Lock()
+MAX_LOGS = 256
+
+
+def metrics_log(path: Path) -> MetricsLog:
+    """The process-wide MetricsLog of a metrics.jsonl, brought up to date."""
+    path = Path(path)
+    with _LOGS_LOCK:
+        log = _LOGS.pop(path, None) or MetricsLog(path)
+        _LOGS[path] = log
+        while len(_LOGS) > MAX_LOGS:
+            _LOGS.popitem(last=False)
+    return log.update()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,21 +310,13 @@ class Run:
     def status(self) -> dict:
         return _mapping(read_json(self.path / "status.json"))
 
+    def log(self) -> "MetricsLog":
+        """metrics.jsonl, read from where the last look at it stopped (see MetricsLog)."""
+        return metrics_log(self.path / "metrics.jsonl")
+
     def metrics(self) -> list[dict]:
-        """Every complete record; a truncated or garbled line (a crash mid-write) is skipped."""
-        records = []
-        try:
-            with open(self.path / "metrics.jsonl", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if _well_formed(rec):
-                        records.append(rec)
-        except (FileNotFoundError, IsADirectoryError):
-            pass
-        return records
+        """The records kept of metrics.jsonl, in order: every epoch and stop, a bounded sample of batches."""
+        return self.log().records()
 
     def read_file(self, name: str) -> bytes | None:
         """One of the run's own files for a download or an archive: None when it is missing;
@@ -191,13 +329,36 @@ class Run:
         except FileNotFoundError:
             return None
 
+    def problems(self) -> list[str]:
+        """A line for each of the run's files that is there but cannot be read or understood."""
+        out = []
+        for name in ("config.json", "status.json"):
+            path = self.path / name
+            if not os.path.lexists(path):
+                continue
+            try:
+                value = json.loads(read_bytes(path, SMALL_FILE_BYTES, follow_links=False))
+            except UnreadableFile as e:
+                out.append(str(e).replace(f"{self.path}/", ""))
+            except (ValueError, RecursionError):
+                out.append(f"{name}: not valid JSON")
+            except OSError as e:
+                out.append(f"{name}: {e.strerror}")
+            else:
+                if not isinstance(value, dict):
+                    out.append(f"{name}: not a JSON object")
+        error = self.log().error
+        if error:
+            out.append(error.replace(f"{self.path}/", ""))
+        return out
+
     def card_text(self) -> str | None:
         """card.md's text, None when there is none; UnreadableFile names a card that cannot be read."""
         data = self.read_file("card.md")
         return None if data is None else data.decode("utf-8", errors="replace")
 
     def epochs(self) -> list[dict]:
-        return [r for r in self.metrics() if r["kind"] == "epoch"]
+        return list(self.log().epochs)
 
     # -- writing during training -----------------------------------------------------------
     def set_status(self, status: str, **extra) -> None:

@@ -403,7 +403,7 @@ def test_killing_the_app_server_leaves_the_training_running_and_shown(runs, tmp_
         epochs = [e["epoch"] for e in run.epochs()]
         assert len(epochs) >= 1 and epochs == list(range(1, len(epochs) + 1))
         assert jobs.refresh(run) == "interrupted"
-        assert f"after {len(epochs)} epoch(s)" in run.status["reason"]
+        assert f"after {len(epochs)} epoch{'' if len(epochs) == 1 else 's'}" in run.status["reason"]
         figure("server_kill.then_training_killed.reason", run.status["reason"])
         _, meta = load_checkpoint(run.path / "last.pt")
         assert meta["epoch"] in (epochs[-1], epochs[-1] - 1)

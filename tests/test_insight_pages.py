@@ -129,10 +129,25 @@ def test_draw_saves_to_my_handwriting_and_scores_it(drawn, hw_dir):
     assert x.shape == (1, 28, 28) and y.tolist() == [7]
 
     mine = tab(at, "Your handwriting")
-    assert any(m.startswith("**The chosen model on your 1 drawings: 100.0%**") for m in texts(mine.markdown))
+    assert any(m.startswith("**The chosen model on your 1 drawing: 100.0%**") for m in texts(mine.markdown))
     per = mine.dataframe[0].value.set_index("digit")
     assert per.loc[7, "drawings"] == 1 and per.loc[7, "accuracy %"] == 100.0
     assert per["drawings"].sum() == 1
+
+
+def test_draw_save_to_handwriting_on_a_full_disk_says_so(drawn, hw_dir, monkeypatch):
+    import errno
+    import tempfile
+
+    def mkstemp(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", kw.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    drawn.button(key="hw_save").click().run()
+    assert not drawn.exception
+    [error] = texts(drawn.error)
+    assert error.startswith(f"Not saved: {hw_dir / '7'}/") and error.endswith(".png: No space left on device")
+    assert list(hw_dir.rglob("*")) in ([], [hw_dir / "7"])
 
 
 # -- Runs --------------------------------------------------------------------------------------

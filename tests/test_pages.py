@@ -49,7 +49,7 @@ def test_every_page_loads_without_runs(app, runs_dir, path):
 def test_home_counts_runs(app, finished_run):
     assert any("No run yet" in c for c in texts(app.caption))
     page(app, "views/home.py")
-    assert any(c.startswith("1 run(s) in") for c in texts(app.caption))
+    assert any(c.startswith("1 run in") for c in texts(app.caption))
 
 
 # -- Architecture ------------------------------------------------------------------------------

@@ -113,19 +113,10 @@ def load_model(path: Path | bytes):
     return _load_model(str(path), Path(path).stat().st_mtime)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _metrics(path: str, size: int, mtime: float) -> list[dict]:
-    return Run(Path(path)).metrics()
-
-
 def metrics(run: Run) -> list[dict]:
-    """The run's records, re-read only when metrics.jsonl changed."""
-    f = run.path / "metrics.jsonl"
-    try:
-        st_ = f.stat()
-    except OSError:
-        return []
-    return _metrics(str(run.path), st_.st_size, st_.st_mtime)
+    """The run's records: every epoch, a bounded sample of batches and the latest one. Only what
+    was appended since the last look is read (runs.MetricsLog), so a live page polls cheaply."""
+    return run.metrics()
 
 
 def model_choices() -> dict[str, Path]:

@@ -11,6 +11,8 @@ import streamlit as st
 from mnist_core import handwriting, insight, jobs
 from mnist_core.config import ConfigError, TrainConfig
 from mnist_core.draw import Preprocessed, probabilities, step_predictions
+from mnist_core.card import plural
+from mnist_core.files import describe_os_error
 from mnist_core.data import normalize
 from mnist_core.runs import RunError, list_runs
 from views.common import load_model, runs_dir
@@ -92,8 +94,11 @@ def your_handwriting(model, pre: Preprocessed, digit: int) -> None:
     with c1:
         label = st.selectbox("This drawing is a", list(range(10)), index=digit, key="hw_label")
         if st.button("Save to my handwriting set", key="hw_save"):
-            handwriting.save(pre.final, int(label), folder)
-            st.toast(f"Saved as a {label}.")
+            try:
+                handwriting.save(pre.final, int(label), folder)
+                st.toast(f"Saved as a {label}.")
+            except OSError as e:  # a full or read-only disk: nothing half-written, one line
+                st.error(f"Not saved: {describe_os_error(e)}", icon="🚫")
     x, y = handwriting.load(folder)
     with c2:
         if len(x) == 0:
@@ -105,8 +110,9 @@ def your_handwriting(model, pre: Preprocessed, digit: int) -> None:
         per = [{"digit": d, "drawings": int((yy == d).sum()),
                 "accuracy %": round(100 * float((pred[yy == d] == d).mean()), 1) if (yy == d).any() else None}
                for d in range(10)]
-        st.markdown(f"**The chosen model on your {len(x)} drawings: {100 * float((pred == yy).mean()):.1f}%**")
-        st.dataframe(pd.DataFrame(per), hide_index=True, width="stretch", height=250)
+        st.markdown(f"**The chosen model on your {plural(len(x), 'drawing')}: {100 * float((pred == yy).mean()):.1f}%**")
+        st.dataframe(pd.DataFrame(per).style.format({"accuracy %": "{:.1f}"}, na_rep="–"),  # "–": no drawings
+                     hide_index=True, width="stretch", height=250)
     parents = [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and r.status.get("status") != "running"]
     if not parents:
         st.caption("Fine-tuning starts from a run: train one first.")

@@ -1,5 +1,6 @@
 import streamlit as st
 
+from mnist_core.card import plural
 from mnist_core.config import PRESETS
 from mnist_core.runs import list_runs
 from views.common import runs_dir
@@ -31,4 +32,4 @@ for p in PRESETS.values():
     st.markdown(f"- **{p.name}**: {p.about}")
 
 n = len(list_runs(runs_dir()))
-st.caption(f"{n} run(s) in `{runs_dir()}`." if n else f"No run yet; runs are stored in `{runs_dir()}`.")
+st.caption(f"{plural(n, 'run')} in `{runs_dir()}`." if n else f"No run yet; runs are stored in `{runs_dir()}`.")

@@ -14,12 +14,9 @@ if not runs:
 
 rows = [r.summary() for r in runs]
 df = pd.DataFrame(rows)[["name", "created", "architecture", "params", "best train acc", "best test acc", "epochs", "status"]]
-st.dataframe(
-    df, hide_index=True, width="stretch",
-    column_config={
-        "best train acc": st.column_config.NumberColumn(format="%.2f"),
-        "best test acc": st.column_config.NumberColumn(format="%.2f"),
-    },
+st.dataframe(  # a run with no epoch yet shows "–", not "None"
+    df.style.format({"best train acc": "{:.2f}", "best test acc": "{:.2f}", "params": "{:,.0f}"}, na_rep="–"),
+    hide_index=True, width="stretch",
 )
 
 by_name = {r.name: r for r in runs}
@@ -37,6 +34,8 @@ run = by_name[name]
 summary = run.summary()
 if summary["reason"]:
     st.warning(summary["reason"])
+if problems := run.problems():
+    st.warning("Some of this run's files cannot be read, so what they hold is not shown: " + "; ".join(problems))
 c1, c2, c3 = st.columns([3, 1, 1])
 with c1:
     show_card(run)

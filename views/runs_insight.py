@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mnist_core import insight, jobs, spec
+from mnist_core.card import plural
 from mnist_core.config import ConfigError, replace
 from mnist_core.checkpoint import CheckpointError
 from mnist_core.runs import Run, RunError
@@ -161,7 +162,7 @@ def resume_and_export(run: Run) -> None:
             try:
                 base = run.train_config()
                 cfg = replace(base, epochs=int(more), init_checkpoint=str(last), start_epoch=len(run.epochs()))
-                new = jobs.start(runs_dir(), run.model_config(), cfg, target=f"Continue {run.name} for {more} epochs",
+                new = jobs.start(runs_dir(), run.model_config(), cfg, target=f"Continue {run.name} for {plural(more, 'epoch')}",
                                  parent=run.name)
             except (ConfigError, RunError, jobs.Busy, KeyError) as e:
                 st.error(str(e))

@@ -133,27 +133,17 @@ def live():
     records = metrics(run)
     batches = [r for r in records if r["kind"] == "batch"]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    train_cfg = run.config.get("train", {})
-    planned, offset = train_cfg.get("epochs", 1), train_cfg.get("start_epoch", 0)  # a resumed run numbers on
     st.subheader(f"{run.name}: {status}")
-    if run.config.get("parent"):
+    if isinstance(run.config.get("parent"), str):
         st.caption(f"continues from run {run.config['parent']}")
     if status == "running":
         if batches:
-            b = batches[-1]
-            done = (b["epoch"] - offset - 1) * b["batches"] + b["batch"]
-            total = planned * b["batches"]
-            rate = b["images_per_s"]
-            elapsed = time.time() - _started(run)
-            eta = elapsed / max(done, 1) * (total - done)
-            st.progress(done / total, text=(
-                f"epoch {b['epoch']}/{offset + planned} · batch {b['batch']}/{b['batches']} · "
-                f"{rate:,.0f} images/s · ETA {eta // 60:.0f} min {eta % 60:02.0f} s"
-            ))
+            fraction, text = progress(batches[-1], run)
+            st.progress(fraction, text=text)
         else:
             st.progress(0.0, text="loading MNIST and building the model...")
     elif run.status.get("reason"):
-        st.warning(run.status["reason"])
+        st.warning(str(run.status["reason"])[:500])
     if epochs:
         c1, c2 = st.columns(2)
         c1.plotly_chart(curves_figure({run.name: epochs}, "loss"), key="loss_curve")
@@ -173,12 +163,33 @@ def live():
         st.session_state.tr_was_running = run.name
 
 
+def progress(b: dict, run: Run) -> tuple[float, str]:
+    """(share done in 0..1, text) from the latest batch record and the run's plan. The files are
+    input: a plan of 0 or "abc" epochs, 0 batches or a batch past the last are shown as they
+    can be, never divided by."""
+    train_cfg = run.config.get("train", {})
+    planned, offset = train_cfg.get("epochs"), train_cfg.get("start_epoch", 0)  # a resumed run numbers on
+    planned = planned if isinstance(planned, int) and not isinstance(planned, bool) and planned > 0 else None
+    offset = offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else 0
+    per_epoch = max(b["batches"], 1)
+    done = max(b["epoch"] - offset - 1, 0) * per_epoch + min(b["batch"], per_epoch)
+    total = (planned or max(b["epoch"] - offset, 1)) * per_epoch
+    fraction = min(max(done / total, 0.0), 1.0)
+    text = (f"epoch {b['epoch']}/{offset + planned if planned else '?'} · batch {min(b['batch'], per_epoch)}/"
+            f"{b['batches']} · {b['images_per_s']:,.0f} images/s")
+    elapsed = time.time() - _started(run)
+    if planned and 0 < done < total and elapsed > 0:
+        eta = elapsed / done * (total - done)
+        text += f" · ETA {eta // 60:.0f} min {eta % 60:02.0f} s" if eta < 100 * 3600 else " · ETA over 100 hours"
+    return fraction, text
+
+
 def _started(run: Run) -> float:
     import datetime as dt
 
     try:
-        return dt.datetime.fromisoformat(run.status["started"]).timestamp()
-    except (KeyError, ValueError):
+        return dt.datetime.fromisoformat(str(run.status["started"])).timestamp()
+    except (KeyError, ValueError, OverflowError):
         return time.time()
 
 
