@@ -265,20 +265,23 @@ class Progress:
 
 
 def cmd_predict(args) -> int:
-    from mnist_core.draw import describe, load_image, predict
+    from mnist_core.draw import ImageError, describe, load_image, predict
     from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint or BUNDLED_CHECKPOINT)
-    images = [(path, load_image(path)) for path in args.images]  # all readable before any output
-    lines = []
-    for path, image in images:
+    failed = 0
+    for path in args.images:  # every readable file is answered; each bad one gets its own error line
         try:
-            _, p, _ = predict(model, image)
-        except ValueError as e:
-            raise UserError(f"{path}: {e}") from None
-        lines.append(f"{path}: {describe(p)}")
-    print("\n".join(lines))
-    return 0
+            _, p, _ = predict(model, load_image(path))
+        except ImageError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        except ValueError as e:  # EmptyDrawing, TooSmall: what the picture holds
+            failed += 1
+            print(f"error: {path}: {e}", file=sys.stderr, flush=True)
+        else:
+            print(f"{path}: {describe(p)}", flush=True)
+    return EXIT_USAGE if failed else 0
 
 
 def cmd_bench(args) -> int:

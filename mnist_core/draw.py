@@ -8,6 +8,8 @@ thin or off-centre looks to the model like the digits it was trained on.
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from mnist_core.data import normalize
+from mnist_core.files import UnreadableFile, read_bytes
 
 INK_THRESHOLD = 0.1  # ink level (0..1) that counts as drawn
+INK_SIGMAS = 5.0  # paper: ink must stand this many robust standard deviations above the paper's noise
 MIN_EXTENT = 0.1  # the ink must span this share of the image's longer side: smaller is a dot, not a digit
 
 
@@ -47,10 +51,9 @@ class Preprocessed:
 def to_ink(image: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 3) or (H, W, 4) pixels -> (H, W) float ink in 0..1.
 
-    Transparent images (a canvas): ink is the alpha channel. Opaque ones: the luminance, inverted
-    when the background (the border's median) is light, so dark-on-light and light-on-dark agree.
-    An opaque RGBA image of one colour is the Draw page's canvas (white strokes on black) either
-    untouched or painted edge to edge: read as it is, so the painted one is all ink, not blank paper.
+    Images with an alpha channel (the Draw page's canvas, a digit drawn with transparency): ink is
+    what is opaque; an opaque one is the canvas itself (white strokes on black), read as it is.
+    Everything else is a picture of paper (a scan, a phone photo): see `paper_ink`.
     """
     a = np.asarray(image)
     if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
@@ -62,13 +65,68 @@ def to_ink(image: np.ndarray) -> np.ndarray:
         alpha = a[..., 3]
         if alpha.min() < 0.99:  # some transparency: what was drawn is what is opaque, any colour
             return np.clip(alpha, 0, 1)
-        a = a[..., :3]
-        if np.ptp(a) < INK_THRESHOLD:
-            return a @ np.array([0.299, 0.587, 0.114], np.float32)
-    if a.ndim == 3:
-        a = a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if a.shape[2] == 3 else a[..., 0]
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    return 1.0 - a if np.median(border) > 0.5 else a
+        grey = a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        if np.ptp(grey) < INK_THRESHOLD:  # one colour: untouched, or painted edge to edge (all ink)
+            return grey
+        border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+        return 1.0 - grey if np.median(border) > 0.5 else grey
+    grey = a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if a.ndim == 3 and a.shape[2] == 3 else \
+        a.reshape(a.shape[0], a.shape[1])
+    return paper_ink(grey)
+
+
+def paper_ink(grey: np.ndarray) -> np.ndarray:
+    """A grey picture of a digit on paper ((H, W), 0..1) -> (H, W) ink in 0..1, paper 0.
+
+    The paper is whatever fills the border (light: the ink is dark; dark: the ink is light), at
+    any level of grey. Uneven lighting is removed by subtracting the paper's own large-scale
+    level (a morphological opening wider than a stroke erases the strokes and keeps the light).
+    What remains counts as ink only where it stands out of the paper's noise: a threshold at
+    Otsu's split, and never below the paper's median plus INK_SIGMAS robust standard deviations.
+    Specks narrower than a stroke go; a picture with nothing standing out has no digit on it.
+    """
+    h, w = grey.shape
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    ink = 1.0 - grey if np.median(border) > 0.5 else grey.copy()  # light paper: dark ink
+    t = torch.from_numpy(np.ascontiguousarray(ink))[None, None]
+
+    # the paper's level, everywhere: an opening (erosion, then dilation) with a window wider than
+    # any stroke, at a reduced size for speed, smoothed and brought back to full size
+    scale = min(1.0, 160.0 / max(h, w))
+    small = F.interpolate(t, scale_factor=scale, mode="area") if scale < 1 else t
+    k = max(3, int(max(small.shape[-2:]) * 0.15) | 1)  # strokes are a few % of the digit's height
+    opened = F.max_pool2d(-F.max_pool2d(-small, k, 1, k // 2), k, 1, k // 2)
+    paper = F.avg_pool2d(opened, k, 1, k // 2, count_include_pad=False)
+    paper = F.interpolate(paper, size=(h, w), mode="bilinear", align_corners=False)
+    flat = (t - paper).clamp(min=0)[0, 0].numpy()
+
+    med = float(np.median(flat))
+    sigma = 1.4826 * float(np.median(np.abs(flat - med))) + 1e-3  # robust spread of the paper
+    threshold = max(_otsu(flat), med + INK_SIGMAS * sigma, med + INK_THRESHOLD)
+    mask = keep = flat > threshold
+    if mask.any():
+        # drop specks: an opening of the mask at the scale of a thin stroke
+        m = torch.from_numpy(mask.astype(np.float32))[None, None]
+        r = max(1, int(round(max(h, w) * 0.004)))
+        m = F.max_pool2d(-F.max_pool2d(-m, 2 * r + 1, 1, r), 2 * r + 1, 1, r)
+        keep = F.max_pool2d(m, 4 * r + 1, 1, 2 * r)[0, 0].numpy() > 0  # the strokes and their soft edges
+        mask = mask & keep
+    if not mask.any():
+        raise EmptyDrawing("the image is empty: no digit stands out of the paper")
+    level = float(np.percentile(flat[mask], 90))  # full-strength ink
+    floor = med + 0.5 * (threshold - med)  # soft edges between paper and ink, as a pen's are
+    out = np.clip((flat - floor) / max(level - floor, 1e-6), 0, 1)
+    return np.where(keep, out, 0).astype(np.float32)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of values in 0..1: the split that best separates two classes."""
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(hist.sum(), 1)
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
+    return float(edges[int(np.argmax(between)) + 1])
 
 
 def preprocess(image: np.ndarray) -> Preprocessed:
@@ -106,17 +164,46 @@ def preprocess(image: np.ndarray) -> Preprocessed:
     return Preprocessed(ink, (int(top), int(bottom), int(left), int(right)), crop, fitted, centred, final, tensor)
 
 
-def load_image(path: str | Path) -> np.ndarray:
+MAX_IMAGE_BYTES = 50 * 1024 * 1024  # a phone photo is a few MB
+MAX_PIXELS = 64_000_000  # 8000x8000; the size is read from the file's header, before any pixel is decoded
+
+
+def load_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """Pixels of an image file (a path, or the bytes of an upload named `name`), as (H, W) grey or
+    (H, W, 4) RGBA when it has transparency. Only a regular file of at most MAX_IMAGE_BYTES is read,
+    and an image of more than MAX_PIXELS is refused from its header: ImageError names the file."""
     from PIL import Image, UnidentifiedImageError
 
+    name = name or str(source)
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ImageError(f"{name}: {len(data) / 1e6:.0f} MB is too large for an image of a digit")
+    else:
+        try:
+            data = read_bytes(source, MAX_IMAGE_BYTES)
+        except FileNotFoundError:
+            raise ImageError(f"{name}: no such file") from None
+        except UnreadableFile as e:
+            raise ImageError(str(e)) from None
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read it ({e.strerror or e})") from None
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("L")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ImageError(f"{path}: not a readable image ({type(e).__name__})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{name}: {w}x{h} pixels is more than the {MAX_PIXELS / 1e6:.0f} million "
+                                     "an image of a digit needs; scale it down")
+                im = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("L")
+                return np.asarray(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: its header claims more pixels than an image of a digit has; refusing it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
 
 
 @torch.no_grad()

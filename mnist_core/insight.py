@@ -143,12 +143,14 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None) -> tuple[np
     return (g / g.max().clamp(min=1e-12)).numpy(), target
 
 
-def tile(maps: np.ndarray, cols: int | None = None, pad: int = 1, scale_each: bool = True) -> np.ndarray:
-    """(C, H, W) -> one grey image (0..1) with the channels in a grid, for st.image."""
+def tile(maps: np.ndarray, cols: int | None = None, pad: int = 1, scale_each: bool = True,
+         fill: float = 1.0) -> np.ndarray:
+    """(C, H, W) -> one image with the channels in a grid, `fill` between them: each scaled to 0..1
+    for st.image, or (scale_each=False) the values as they are."""
     c, h, w = maps.shape
     cols = cols or min(c, 8)
     rows = -(-c // cols)
-    out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), np.float32)
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), fill, np.float32)
     for i in range(c):
         m = maps[i].astype(np.float32)
         if scale_each:

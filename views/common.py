@@ -8,6 +8,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -183,12 +184,25 @@ def curves_figure(series: dict[str, list[dict]], what: str) -> go.Figure:
     return fig
 
 
+DIGIT_AXIS = dict(type="category", title="digit")  # "0".."9" as labels: plotly would make them numbers
+                                                 # on a linear axis and label only 0, 2, 4, ...
+
+
 def batch_loss_figure(batches: list[dict], max_points: int = 2000) -> go.Figure:
+    """The loss of each batch (at most max_points of them, evenly spaced) and a smoothed line, on a
+    log axis labelled at whole decades (1, 0.1, 0.01): no 9-8-7 minor labels that read as rising."""
     stride = max(1, len(batches) // max_points)
-    pts = batches[::stride]
-    fig = go.Figure(go.Scatter(x=[b["step"] for b in pts], y=[b["loss"] for b in pts], mode="lines", name="batch loss"))
+    pts = [b for b in batches[::stride] if b["loss"] > 0 and np.isfinite(b["loss"])]
+    x, y = [b["step"] for b in pts], np.array([b["loss"] for b in pts])
+    smooth = np.exp(np.convolve(np.log(y), np.ones(k := max(1, min(25, len(y) // 10))) / k, mode="valid")) \
+        if len(y) else y
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=y, mode="lines", name="each batch", line=dict(color="#9bb7e8", width=1))
+    fig.add_scatter(x=x[len(x) - len(smooth):], y=smooth, mode="lines", name="smoothed",
+                    line=dict(color="#2f6fdf", width=2))
     fig.update_layout(
-        title="Training loss per batch", xaxis_title="step", yaxis_title="loss", yaxis_type="log",
-        height=280, margin=dict(l=10, r=10, t=40, b=10),
+        title="Training loss per batch", xaxis_title="step", yaxis_title="loss (log scale)", height=280,
+        margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
     )
+    fig.update_yaxes(type="log", dtick=1, exponentformat="none", minor=dict(ticks="inside", showgrid=False))
     return fig

@@ -15,7 +15,7 @@ from mnist_core.card import plural
 from mnist_core.files import describe_os_error
 from mnist_core.data import normalize
 from mnist_core.runs import RunError, list_runs
-from views.common import load_model, runs_dir
+from views.common import DIGIT_AXIS, load_model, runs_dir
 
 
 def grey(img: np.ndarray, size: int = 112) -> np.ndarray:
@@ -25,11 +25,21 @@ def grey(img: np.ndarray, size: int = 112) -> np.ndarray:
     return (np.kron(a, np.ones((k, k))) * 255).astype(np.uint8)
 
 
-def heatmap(z: np.ndarray, title: str, colorscale="Viridis", height=260) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, showscale=False))
+def heatmap(z: np.ndarray, title: str, colorscale="Viridis", height=260, **scale) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, showscale=bool(scale), **scale))
     fig.update_layout(title=title, height=height, margin=dict(l=5, r=5, t=35, b=5),
                       yaxis=dict(autorange="reversed", scaleanchor="x", visible=False), xaxis=dict(visible=False))
     return fig
+
+
+def filters_figure(filters: np.ndarray) -> go.Figure:
+    """(C, k, k) weights in a grid on one diverging scale centred on zero (red > 0, blue < 0), the
+    gaps between filters left blank."""
+    c, k, _ = filters.shape
+    z = insight.tile(filters, pad=1, scale_each=False, fill=np.nan)
+    m = float(np.nanmax(np.abs(z))) or 1.0
+    return heatmap(z, f"First-layer filters ({c} of {k}x{k})", "RdBu_r", zmin=-m, zmax=m, zmid=0,
+                   colorbar=dict(title="weight", thickness=10))
 
 
 def inside_the_model(model, pre: Preprocessed) -> None:
@@ -44,10 +54,9 @@ def inside_the_model(model, pre: Preprocessed) -> None:
         st.caption("Brighter = the pixels whose change would move the score of the predicted digit most "
                    "(gradient of that logit with respect to the input).")
     with c2:
-        filters = insight.first_filters(model)
-        st.plotly_chart(heatmap(insight.tile(filters, pad=1), f"First-layer filters ({len(filters)} of 3x3)", "RdBu"),
-                        key="filters")
-        st.caption("Each square is one 3x3 filter of block 1: red weights add, blue subtract.")
+        st.plotly_chart(filters_figure(insight.first_filters(model)), key="filters")
+        st.caption("Each square is one filter of the first convolution: red weights add, blue subtract, "
+                   "white is zero; one colour scale for all of them.")
     st.markdown("**Feature maps**: what each channel of each group of layers responds to in your drawing (bright = active).")
     for label, a in maps:
         st.image(grey(insight.tile(a, cols=min(len(a), 16)), size=max(600, 40 * min(len(a), 16))), caption=label)
@@ -81,10 +90,11 @@ def several_models(choices: dict, pre: Preprocessed) -> None:
         d = int(p.argmax())
         rows.append({"model": label, "prediction": d, "confidence %": round(100 * float(p[d]), 2),
                      "second": int(np.argsort(-p)[1]), "params": sum(t.numel() for t in model.parameters())})
-        fig.add_bar(x=[str(i) for i in range(10)], y=100 * p, name=label[:40])
+        fig.add_bar(x=[str(i) for i in range(10)], y=100 * p, name=label)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    fig.update_layout(barmode="group", title="Probabilities (%)", height=300, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(barmode="group", title="Probabilities (%)", height=300 + 22 * len(rows),
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25, yanchor="top"),
+                      xaxis=DIGIT_AXIS)  # whole model names in the legend, a row each when they are long
     st.plotly_chart(fig, key="many_probs")
 
 

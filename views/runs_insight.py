@@ -12,7 +12,7 @@ from mnist_core.card import plural
 from mnist_core.config import ConfigError, replace
 from mnist_core.checkpoint import CheckpointError
 from mnist_core.runs import Run, RunError
-from views.common import curves_figure, load_model, metrics, runs_dir, show_card, try_load
+from views.common import DIGIT_AXIS, curves_figure, load_model, metrics, runs_dir, show_card, try_load
 
 
 @st.cache_resource(show_spinner="Loading the MNIST test set...")
@@ -68,7 +68,7 @@ def confusion_section(run: Run) -> None:
         bar = go.Figure(go.Bar(x=[str(d) for d in range(10)], y=per, text=[f"{a:.1f}" for a in per],
                                textposition="outside"))
         bar.update_layout(title="Accuracy per digit (%)", yaxis_range=[max(0, per.min() - 2), 100.5], height=430,
-                          margin=dict(l=10, r=10, t=40, b=10), xaxis_title="digit")
+                          margin=dict(l=10, r=10, t=40, b=10), xaxis=DIGIT_AXIS)
         st.plotly_chart(bar, key=f"per_{run.name}")
 
     worst = sorted(((int(off[i, j]), i, j) for i in range(10) for j in range(10) if off[i, j]), reverse=True)
