@@ -80,7 +80,11 @@ with left:
         st.slider(LABELS[name], 1, MAX_WIDTH, key=key, on_change=on_slider)
     st.slider("Dropout", 0.0, 0.5, step=0.01, key="arch_dropout", help="Dropout2d after every ReLU; 0 = off")
     st.text_input("Widths (type them exactly)", key="arch_text", on_change=on_text, help="six numbers, e.g. 12,16,10,12,16,30")
-    budget = st.number_input("Parameter budget", min_value=100, max_value=10_000_000, value=10_000, step=500)
+    # a widget's own state is dropped when the page is left: the budget lives in a key of its own
+    st.number_input("Parameter budget", min_value=100, max_value=10_000_000, step=500, key="arch_budget_input",
+                    value=st.session_state.setdefault("arch_budget", 10_000),
+                    on_change=lambda: st.session_state.update(arch_budget=st.session_state.arch_budget_input))
+    budget = st.session_state.arch_budget
 
 error = st.session_state.get("arch_error")
 try:
@@ -118,11 +122,13 @@ with left, st.expander("Train A/B: BatchNorm on vs off"):
     with st.form("ab", enter_to_submit=False):  # two trainings start only from the button, never from Enter
         base = saved_settings()
         epochs = st.number_input("Epochs", 1, 100, base.epochs, key="ab_epochs")
-        size = st.selectbox("Training images", sorted({base.limit_train or 60000, 60000, 10000, 5000, 2000}, reverse=True), key="ab_size")
+        sizes = [None] + sorted({base.limit_train or 10000, 10000, 5000, 2000}, reverse=True)
+        size = st.selectbox("Training images", sizes, index=sizes.index(base.limit_train), key="ab_size",
+                            format_func=lambda n: "all 60,000" if n is None else f"{n:,}")
         launch = st.form_submit_button("Train A/B")
     if launch:
         widths, _, dropout = cfg.template_settings()
-        ab_train = replace(base, epochs=int(epochs), limit_train=None if size == 60000 else int(size))
+        ab_train = replace(base, epochs=int(epochs), limit_train=size)
         stamp = new_run_name(runs_dir(), "ab")
         specs = [
             dict(model_cfg=ModelConfig.template(widths, bn, dropout), train_cfg=ab_train, name=f"{stamp}-{'bn' if bn else 'nobn'}",

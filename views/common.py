@@ -191,7 +191,7 @@ DIGIT_AXIS = dict(type="category", title="digit")  # "0".."9" as labels: plotly 
 def batch_loss_figure(batches: list[dict], max_points: int = 2000) -> go.Figure:
     """The loss of each batch (at most max_points of them, evenly spaced) and a smoothed line, on a
     log axis labelled at whole decades (1, 0.1, 0.01): no 9-8-7 minor labels that read as rising."""
-    stride = max(1, len(batches) // max_points)
+    stride = max(1, -(-len(batches) // max_points))
     pts = [b for b in batches[::stride] if b["loss"] > 0 and np.isfinite(b["loss"])]
     x, y = [b["step"] for b in pts], np.array([b["loss"] for b in pts])
     smooth = np.exp(np.convolve(np.log(y), np.ones(k := max(1, min(25, len(y) // 10))) / k, mode="valid")) \
