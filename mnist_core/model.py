@@ -90,6 +90,7 @@ def summary(cfg: ModelConfig | None = None, verbose: int = 0):
         col_names=("output_size", "num_params", "mult_adds"),
         row_settings=("depth",),
         depth=1,
+        col_width=16,  # wide enough for "[1, 128, 26, 26]"; the default 25 makes a 115-character table
         verbose=verbose,
         device="cpu",
     )

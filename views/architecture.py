@@ -54,8 +54,9 @@ def on_text():
 def table(cfg: ModelConfig) -> tuple[pd.DataFrame, int]:
     rows = summary_rows(cfg)
     for row, layer in zip(rows, cfg.rows):
-        row["receptive field"] = f"{layer.receptive_field}x{layer.receptive_field}"
-    df = pd.DataFrame(rows)[["layer", "output shape", "params", "receptive field", "mult-adds"]]
+        row["output"] = "x".join(map(str, layer.shape))  # 12x26x26: narrower than torchinfo's [-1, 12, 26, 26]
+        row["RF"] = f"{layer.receptive_field}x{layer.receptive_field}"
+    df = pd.DataFrame(rows)[["layer", "output", "params", "RF", "mult-adds"]]
     return df, int(df["mult-adds"].sum())
 
 
@@ -72,7 +73,7 @@ current = chosen_model()
 if "arch_w0" not in st.session_state:  # first visit, or back from another page
     set_widgets(current)
 
-left, right = st.columns([1, 2], gap="large")
+left, right = st.columns([1, 2.6], gap="medium")  # the layer table needs the room
 with left:
     st.selectbox("Preset", list(PRESETS), key="arch_preset", index=None, placeholder="Load a preset...", on_change=on_preset)
     st.checkbox("BatchNorm", key="arch_bn", help="Conv-BN-ReLU blocks; off gives Conv-ReLU")
@@ -108,12 +109,13 @@ with right:
         st.warning(f"Over budget by {total - budget:,} parameters.", icon="⚠️")
     rf = cfg.rows[-1].receptive_field
     st.markdown(f"Model **{cfg.describe()}**")
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Multiply-adds per image", f"{macs / 1e6:.2f} M", help="as torchinfo counts them")
-    c2.metric("Inference, one image", f"{latency_ms(cfg):.2f} ms",
-              help="measured on this machine's CPU: median of 20 single-image forward passes")
-    c3.metric("Receptive field of the output", f"{rf}x{rf}")
-    st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760))
+    # one wrapping line, not three metric boxes: nothing is cut short in a narrow column
+    st.markdown(f"**{macs / 1e6:.2f} M** multiply-adds per image · **{latency_ms(cfg):.2f} ms** to read one "
+                f"image on this CPU · receptive field **{rf}x{rf}**",
+                help="Multiply-adds as torchinfo counts them; the time is the median of 20 single-image "
+                     "forward passes on this machine; the receptive field is the input patch one output sees.")
+    st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760),
+                 column_config={"mult-adds": st.column_config.NumberColumn(format="compact")})
 
 
 with left, st.expander("Train A/B: BatchNorm on vs off"):

@@ -12,11 +12,16 @@ if not runs:
     st.info("No run yet. Train one on the **Train** page; it will be listed here with its card and curves.")
     st.stop()
 
-rows = [r.summary() for r in runs]
-df = pd.DataFrame(rows)[["name", "created", "architecture", "params", "best train acc", "best test acc", "epochs", "status"]]
+# the accuracies come right after the name, so a narrow window shows them without scrolling
+COLUMNS = {"name": "name", "best test acc": "test %", "best train acc": "train %", "params": "params",
+           "epochs": "epochs", "status": "status", "architecture": "architecture", "created": "created"}
+df = pd.DataFrame([r.summary() for r in runs])[list(COLUMNS)].rename(columns=COLUMNS)
+df["created"] = df["created"].str.replace("T", " ").str.slice(0, 16)
 st.dataframe(  # a run with no epoch yet shows "–", not "None"
-    df.style.format({"best train acc": "{:.2f}", "best test acc": "{:.2f}", "params": "{:,.0f}"}, na_rep="–"),
+    df.style.format({"test %": "{:.2f}", "train %": "{:.2f}", "params": "{:,.0f}"}, na_rep="–"),
     hide_index=True, width="stretch",
+    column_config={"test %": st.column_config.Column(help="best test accuracy over the epochs"),
+                   "train %": st.column_config.Column(help="best train accuracy over the epochs")},
 )
 
 by_name = {r.name: r for r in runs}
@@ -36,10 +41,8 @@ if summary["reason"]:
     st.warning(summary["reason"])
 if problems := run.problems():
     st.warning("Some of this run's files cannot be read, so what they hold is not shown: " + "; ".join(problems))
-c1, c2, c3 = st.columns([3, 1, 1])
-with c1:
-    show_card(run)
-with c2:
+downloads, deleting = st.columns([4, 1])
+with downloads, st.container(horizontal=True):
     for fname, what in (("best.pt", "the checkpoint of the best epoch"), ("last.pt", "the checkpoint of the last "
                         "epoch (or of the stop)"), ("card.md", "the card, as Markdown")):
         try:
@@ -51,8 +54,8 @@ with c2:
             # on_click="ignore": a download need not rerun the page, and a rerun would drop another
             # download clicked just after it (the export's files are built on demand)
             st.download_button(f"⬇ {fname}", data, file_name=f"{run.name}-{fname}", key=f"dl_{fname}",
-                               on_click="ignore", help=f"Download {what}", width="stretch")
-with c3:
+                               on_click="ignore", help=f"Download {what}")
+with deleting:
     if st.button("Delete run", key="del_ask"):
         st.session_state.confirm_delete = run.name
     if st.session_state.get("confirm_delete") == run.name:
@@ -67,6 +70,8 @@ with c3:
         if st.button("Cancel", key="del_no"):
             st.session_state.confirm_delete = None
             st.rerun()
+
+show_card(run)  # the whole width: its layer table needs no sideways scrolling
 
 st.divider()
 from views import runs_insight  # noqa: E402
