@@ -114,6 +114,12 @@ if stop and active:
     st.toast(f"Asked {active} to stop; it saves its checkpoint after the current batch.")
 
 
+# The live view's cost falls on the training it watches (the app, the browser and the training share
+# this machine's cores): poll every 2 s, and draw the batch curve from a few hundred points.
+POLL_SECONDS = 2.0
+LIVE_POINTS = 400
+
+
 def shown_run() -> Run | None:
     """The training in progress, else this session's last run, else the newest run."""
     name = jobs.active(runs_dir()) or st.session_state.get("tr_run")
@@ -123,7 +129,7 @@ def shown_run() -> Run | None:
     return runs[0] if runs else None
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=POLL_SECONDS)
 def live():
     run = shown_run()
     if run is None:
@@ -152,7 +158,7 @@ def live():
         st.markdown(f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
                     f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s")
     if batches:
-        st.plotly_chart(batch_loss_figure(batches), key="batch_curve")
+        st.plotly_chart(batch_loss_figure(batches, max_points=LIVE_POINTS), key="batch_curve")
     if status != "running":
         show_card(run, missing="No card yet.")
         # the process writes its final status, then exits and frees the lock: wait for both
