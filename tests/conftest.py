@@ -45,8 +45,38 @@ def finished_run(runs_dir, trained):
     return Run(runs_dir / trained.name)
 
 
+# Fixtures that load MNIST, train, run the app under AppTest or start processes: a test that uses
+# one is not in the fast tier.
+SLOW_FIXTURES = {"mnist", "trained", "finished_run", "app", "drawn", "hostile", "sleeper", "server", "browser",
+                 "app_server", "page", "app_url"}
+
+
 def pytest_collection_modifyitems(config, items):
+    """Tiers: `unit` (in-process, no MNIST, no process, no browser; seconds) is every test that
+    uses none of SLOW_FIXTURES and is not marked `process` or `e2e`. `pytest -m unit` runs it."""
+    for item in items:
+        if not ({"e2e", "process", "unit"} & set(item.keywords)) and not (SLOW_FIXTURES & set(item.fixturenames)):
+            item.add_marker(pytest.mark.unit)
     # browser tests last: they are the slowest and need everything else to work
     items.sort(key=lambda item: "e2e" in item.keywords)
 
 
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_stays_fast(request, monkeypatch):
+    """A test marked `unit` runs in-process on what it makes itself: loading MNIST or starting a
+    process fails it, so the fast tier cannot slowly grow slow."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    assert not SLOW_FIXTURES & set(request.fixturenames), "a unit test uses a slow fixture"
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a unit test may not load MNIST or start a process: mark it otherwise")
+
+    import subprocess
+
+    import mnist_core.data
+
+    monkeypatch.setattr(mnist_core.data, "load_mnist", refused)
+    monkeypatch.setattr(subprocess, "Popen", refused)

@@ -7,7 +7,7 @@ import pytest
 from mnist_core import spec
 from mnist_core.spec import SpecError, layer, parse, parse_text, plan, template, to_json, to_text
 
-pytestmark = pytest.mark.unit
+
 
 
 def random_layers(rng: random.Random) -> list:
