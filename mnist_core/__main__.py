@@ -11,6 +11,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from tqdm import tqdm
+
+from mnist_core.bench import accuracy_bench, run_bench
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
+from mnist_core.data import DataError, load_mnist
+from mnist_core.draw import describe, ImageError, load_image, predict
+from mnist_core.files import read_json
+from mnist_core.jobs import announce
+from mnist_core.model import summary_text
+from mnist_core.runner import train_run
+from mnist_core.runs import RUNS_DIR, check_run_name, Run, RunError
+from mnist_core.train import check_can_train
 from mnist_core.config import PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
 
 EXIT_USAGE = 2
@@ -122,7 +134,6 @@ def model_config(args, base: ModelConfig) -> ModelConfig:
 
 
 def cmd_summary(args) -> int:
-    from mnist_core.model import summary_text
 
     print(summary_text(model_config(args, ModelConfig())))
     return 0
@@ -141,9 +152,6 @@ def cmd_train(args) -> int:
 
 def new_run(args):
     """(run, data) for `train` from a preset and options; nothing is written on bad input."""
-    from mnist_core.data import load_mnist
-    from mnist_core.runs import RUNS_DIR, Run, check_run_name
-    from mnist_core.train import check_can_train
 
     preset = get_preset(args.preset)
     model_cfg = model_config(args, preset.model)
@@ -171,10 +179,6 @@ def train_prepared(args) -> int:
 
     A stop of one run cancels the runs queued after it.
     """
-    from mnist_core.data import load_mnist
-    from mnist_core.jobs import announce
-    from mnist_core.files import read_json
-    from mnist_core.runs import Run
 
     if args.run_dir is None:
         raise UserError("--from-run needs --run-dir")
@@ -203,7 +207,6 @@ def train_prepared(args) -> int:
 
 def train_one(run, data, quiet: bool):
     """Train one run with the reference notebook's output; SIGTERM/SIGINT stop it cleanly."""
-    from mnist_core.runs import execute
 
     stop = {"requested": False}
 
@@ -214,7 +217,7 @@ def train_one(run, data, quiet: bool):
     signal.signal(signal.SIGINT, on_signal)
     printer = Progress(quiet=quiet)
     print(f"run: {run.path}", flush=True)
-    result = execute(run, data, progress=printer, should_stop=lambda: stop["requested"])
+    result = train_run(run, data, progress=printer, should_stop=lambda: stop["requested"])
     printer.close()
     state = "stopped" if result.stopped else "finished"
     print(f"{state}: best test accuracy {result.best_test_acc:.2f}% (epoch {result.best_epoch})", flush=True)
@@ -238,8 +241,6 @@ class Progress:
     def __call__(self, r):
         if r["kind"] == "batch":
             if self.bar is None and not self.quiet:
-                from tqdm import tqdm
-
                 print(f"EPOCH: {r['epoch']}", flush=True)
                 self.bar = tqdm(total=r["batches"], file=sys.stdout, mininterval=0.5)
             if self.bar is not None:
@@ -265,8 +266,6 @@ class Progress:
 
 
 def cmd_predict(args) -> int:
-    from mnist_core.draw import ImageError, describe, load_image, predict
-    from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint or BUNDLED_CHECKPOINT)
     failed = 0
@@ -285,8 +284,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from mnist_core.bench import accuracy_bench, run_bench
-    from mnist_core.train import check_can_train
 
     if args.accuracy is not None:
         if args.quick or args.batches is not None:
@@ -306,10 +303,6 @@ def cmd_bench(args) -> int:
 
 
 def main(argv=None) -> int:
-    from mnist_core.data import DataError
-    from mnist_core.draw import ImageError
-    from mnist_core.checkpoint import CheckpointError
-    from mnist_core.runs import RunError
 
     try:
         args = build_parser().parse_args(argv)

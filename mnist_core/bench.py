@@ -35,13 +35,15 @@ from mnist_core.config import PRECISIONS, ModelConfig, Preset, TrainConfig, repl
 from mnist_core.data import DATA_DIR, load_mnist, verify
 from mnist_core.model import build_model, count_params
 from mnist_core.train import resolve_device, train
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from mnist_core.draw import predict
 
 BATCH = 64
 
 
 def reference_pipeline(device: torch.device, warmup: int, batches: int) -> float:
     """images/s of the notebook's loop: per-image transforms through a DataLoader."""
-    from torchvision import datasets, transforms
+    from torchvision import datasets, transforms  # heavy, and only the notebook's pipeline needs it
 
     root = verify(DATA_DIR)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
@@ -156,9 +158,6 @@ def synthetic_drawing(size: int = 280) -> np.ndarray:
 
 
 def latency(repeat: int = 20) -> dict[str, float]:
-    from mnist_core.draw import predict
-    from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
-
     def build_and_count():
         cfg = ModelConfig.template((10, 14, 10, 14, 16, 20))
         build_model(cfg)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import statistics
 
+from mnist_core.config import ConfigError, ModelConfig
+
 GOAL = 99.4  # the test accuracy this family of experiments aims for
 OVERFIT_GAP = 0.3  # points of train-over-test accuracy that we call overfitting
 UNDERFIT_TRAIN = 95.0  # below this train accuracy the model has not yet fit the data: a gap is not overfitting
@@ -20,8 +22,6 @@ def plural(n, word: str) -> str:
 
 
 def target_text(cfg: dict) -> str:
-    from mnist_core.config import ConfigError, ModelConfig
-
     train = cfg.get("train", {})
     try:
         model = ModelConfig.from_dict(cfg.get("model"))

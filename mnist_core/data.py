@@ -112,7 +112,7 @@ def load_mnist(data_dir: Path = DATA_DIR, download: bool = False) -> MNIST:
     With download=True and no carried copy, torchvision fetches MNIST into data_dir instead
     (torchvision checks those files against its own MD5 sums).
     """
-    from torchvision.datasets import MNIST as TorchvisionMNIST
+    from torchvision.datasets import MNIST as TorchvisionMNIST  # heavy: imported only to read the IDX files
 
     data_dir = Path(data_dir)
     if download and not (data_dir / "SHA256SUMS").is_file():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 import torch.nn.functional as F
 
 from mnist_core.data import normalize
@@ -172,8 +173,6 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
     """Pixels of an image file (a path, or the bytes of an upload named `name`), as (H, W) grey or
     (H, W, 4) RGBA when it has transparency. Only a regular file of at most MAX_IMAGE_BYTES is read,
     and an image of more than MAX_PIXELS is refused from its header: ImageError names the file."""
-    from PIL import Image, UnidentifiedImageError
-
     name = name or str(source)
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)

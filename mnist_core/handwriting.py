@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mnist_core.files import atomic_write_bytes, read_bytes
 
@@ -23,8 +24,6 @@ HANDWRITING_DIR = Path(os.environ.get("MNIST_LAB_HANDWRITING", Path(__file__).re
 
 def save(image28: np.ndarray, label: int, folder: Path = HANDWRITING_DIR) -> Path:
     """Store a preprocessed drawing ((28, 28), 0..1) under its label; returns the file."""
-    from PIL import Image
-
     if not (isinstance(label, (int, np.integer)) and 0 <= int(label) <= 9):
         raise ValueError(f"label must be a digit 0-9, got {label!r}")
     a = np.asarray(image28, np.float32)
@@ -47,8 +46,6 @@ def load(folder: Path = HANDWRITING_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     regular files (no pipes, no links out), of a bounded size, that are 28x28 images are read; the
     size is checked in the image's header before any pixel is decoded, so a decompression bomb
     costs nothing. Anything else is skipped."""
-    from PIL import Image
-
     images, labels = [], []
     folder = Path(folder)
     for digit in range(10):

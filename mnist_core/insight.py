@@ -22,6 +22,7 @@ from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES, inspect_archive
 from mnist_core.data import normalize
 from mnist_core.files import atomic_write_bytes, read_bytes
 from mnist_core.model import Net
+from mnist_core.model import summary
 
 CACHE_FORMAT = "mnist-lab-eval/2"  # /2: probabilities kept in float32, so predictions match the training's own test
 
@@ -177,6 +178,4 @@ def inference_ms(model: Net, repeat: int = 50) -> float:
 
 def macs(cfg) -> int:
     """Multiply-adds per image, as torchinfo counts them."""
-    from mnist_core.model import summary
-
     return int(summary(cfg).total_mult_adds)

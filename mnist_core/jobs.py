@@ -26,6 +26,8 @@ from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.files import UnreadableFile, describe_os_error, read_bytes
 from mnist_core.runs import Run, RunError, list_runs
+from mnist_core.runner import write_card
+from mnist_core.train import check_can_train
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_NAME = ".train.lock"
@@ -73,8 +75,6 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
     Each spec holds start()'s arguments. The first run is `running`, the others `queued` until
     their turn; stopping one cancels those after it. Raises Busy if a training is running.
     """
-    from mnist_core.train import check_can_train
-
     for spec in specs:
         check_can_train(spec["train_cfg"])
     runs_dir = Path(runs_dir)
@@ -195,8 +195,6 @@ def refresh(run: Run) -> str:
         state, reason = "interrupted", ("the training process ended without a final status after "
                                         f"{plural(len(run.epochs()), 'epoch')}")
     try:  # a full or read-only disk must not take the page down: the state is still known
-        from mnist_core.runs import write_card
-
         run.set_status(state, reason=reason)
         write_card(run)
     except OSError:

@@ -80,7 +80,7 @@ def build_model(cfg: ModelConfig | None = None) -> Net:
 
 def summary(cfg: ModelConfig | None = None, verbose: int = 0):
     """torchinfo's summary of the network for one 28x28 image (a ModelStatistics object)."""
-    import torchinfo
+    import torchinfo  # heavy: imported only when a summary is asked for
 
     model = build_model(cfg)
     cfg = model.config
@@ -99,7 +99,7 @@ def summary(cfg: ModelConfig | None = None, verbose: int = 0):
 def summary_text(cfg: ModelConfig | None = None) -> str:
     """The summary as printed text. torchinfo 1.8 writes its unit as "(Units.MEGABYTES)" on Python
     3.11+ (its issue #350); the text says "(M)", as torchinfo means it to."""
-    from torchinfo.enums import Units
+    from torchinfo.enums import Units  # heavy, as above
 
     text = str(summary(cfg))
     for unit in Units:

@@ -16,15 +16,15 @@ import datetime as dt
 import errno
 import json
 import os
+import re
+import shutil
 import stat
 import threading
 from collections import OrderedDict
-import re
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint, save_checkpoint
+from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from mnist_core.files import (
     SMALL_FILE_BYTES,
@@ -419,89 +419,3 @@ def get_run(runs_dir: Path, name: str) -> Run:
     if not path.is_dir():
         raise RunError(f"no run named {name!r} in {runs_dir}")
     return Run(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training into a run directory
-
-
-def write_card(run: Run) -> None:
-    from mnist_core import card
-    from mnist_core.model import summary_text
-
-    cfg = run.config
-    try:
-        table = summary_text(run.model_config())
-    except (ConfigError, KeyError):
-        table = ""
-    atomic_write_text(run.path / "card.md", card.render(cfg, run.epochs(), run.status.get("status", "unknown"), table))
-
-
-def execute(run: Run, data, progress=None, should_stop=None):
-    """Train the run's config on data, writing metrics, checkpoints, status and card as it goes.
-
-    progress(record) sees every record after it is written; should_stop() is polled every batch
-    along with the run's STOP file. Returns train.TrainResult. Any exception marks the run
-    failed, with the reason, and is raised again.
-    """
-    from mnist_core.train import train
-
-    model_cfg, train_cfg = run.model_config(), run.train_config()
-    # A STOP already present is honoured, not cleared: Stop may be pressed while the process
-    # is still loading MNIST, before this point.
-    run.set_status("running", pid=os.getpid())
-    metrics = run.open_metrics()
-
-    def callback(record):
-        try:
-            metrics.write(json.dumps(record) + "\n")
-        except OSError as e:  # a full disk: say which file
-            raise OSError(e.errno, e.strerror, str(run.path / "metrics.jsonl")) from None
-        if progress:
-            progress(record)
-
-    def checkpoint(model, record, is_best):
-        extra = {"run": run.name, "epoch": record["epoch"], "test_acc": record.get("test_acc")}
-        save_checkpoint(run.path / "last.pt", model, extra)
-        if is_best:
-            save_checkpoint(run.path / "best.pt", model, extra)
-        write_card(run)
-
-    def stop():
-        return run.stop_requested() or bool(should_stop and should_stop())
-
-    try:
-        result = train(model_cfg, train_cfg, data, callback=callback, should_stop=stop, checkpoint=checkpoint)
-    except BaseException as e:
-        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}".splitlines()[0]
-        try:  # on a full disk these fail too; the original error is the one to report
-            metrics.close()
-        except OSError:
-            pass
-        try:
-            run.set_status("failed", reason=reason[:300])
-            write_card(run)
-        except OSError:
-            pass
-        raise
-    metrics.close()
-    precompute_evaluation(run, data, train_cfg)
-    run.set_status("stopped" if result.stopped else "finished", best_test_acc=result.best_test_acc, best_epoch=result.best_epoch)
-    write_card(run)
-    (run.path / "STOP").unlink(missing_ok=True)
-    return result
-
-
-def precompute_evaluation(run: Run, data, train_cfg: TrainConfig) -> None:
-    """Cache the best checkpoint's test-set predictions while the data is in memory, so the
-    Runs page's confusion matrix opens at once (about a second of work here, in the background)."""
-    from mnist_core.insight import cached_evaluation
-
-    best = run.path / "best.pt"
-    if train_cfg.limit_test is not None or not best.exists() or data is None:
-        return
-    try:
-        model, _ = load_checkpoint(best)
-        cached_evaluation(best, model, data.test_x, data.test_y)
-    except (OSError, CheckpointError):
-        pass  # only a cache: the page computes it when it is missing

@@ -29,6 +29,7 @@ Log-softmax / cross-entropy stays outside the list: the network ends with 10 val
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, fields
@@ -382,8 +383,6 @@ def params(layers) -> int:
 def diff(a, b) -> list[tuple[str, str, str]]:
     """Where layer list b differs from a: (where, a's tokens, b's tokens) per changed stretch, e.g.
     ('layer 2', 'bn', '-') for a BatchNorm only in a, ('layer 7', 'conv10k1', 'conv12k1')."""
-    import difflib
-
     ta, tb = [_token(x) for x in a], [_token(x) for x in b]
     out = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=ta, b=tb, autojunk=False).get_opcodes():

@@ -23,6 +23,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import MNIST, normalize, training_batch
 from mnist_core.model import Net, build_model
+from mnist_core.checkpoint import load_checkpoint
+from mnist_core.handwriting import load as load_handwriting
 
 Callback = Callable[[dict], None]
 # checkpoint(model, record, is_best): called after every epoch and once on a stop
@@ -101,8 +103,6 @@ def initial_model(model_cfg: ModelConfig, checkpoint: str | None) -> Net:
     """A fresh model, or the weights of `checkpoint`, which must be of the same architecture."""
     if not checkpoint:
         return build_model(model_cfg)
-    from mnist_core.checkpoint import load_checkpoint
-
     model, meta = load_checkpoint(Path(checkpoint))
     if meta["model_config"] != model_cfg:
         raise ConfigError(f"{checkpoint}: its architecture ({meta['model_config'].describe()}) "
@@ -112,9 +112,7 @@ def initial_model(model_cfg: ModelConfig, checkpoint: str | None) -> Net:
 
 def with_handwriting(data: MNIST, folder: str, repeat: int) -> MNIST:
     """data with the user's drawings appended `repeat` times to the training split."""
-    from mnist_core.handwriting import load
-
-    x, y = load(Path(folder))
+    x, y = load_handwriting(Path(folder))
     if len(x) == 0:
         raise ConfigError(f"{folder}: no saved drawings to train on")
     return MNIST(

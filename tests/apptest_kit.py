@@ -5,7 +5,8 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from mnist_core.config import ModelConfig, TrainConfig
-from mnist_core.runs import Run, execute
+from mnist_core.runner import train_run
+from mnist_core.runs import Run
 
 
 def page(at: AppTest, path: str) -> AppTest:
@@ -27,6 +28,6 @@ def chart_keys(node) -> set[str]:
 def finished_tiny_run(folder: Path, mnist, **settings) -> Path:
     """A finished one-epoch run named "tiny" of the reference model, trained with lr 0.05 and `settings`."""
     run = Run.create(folder, ModelConfig(), TrainConfig(epochs=1, lr=0.05, **settings), name="tiny")
-    execute(run, mnist)
+    train_run(run, mnist)
     assert run.status["status"] == "finished"
     return run.path

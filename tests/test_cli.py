@@ -127,6 +127,7 @@ def test_predict_reads_digit_files_with_bundled_model(capsys, tmp_path, mnist):
     assert correct >= 7
 
 
+@pytest.mark.process
 def test_train_cli_writes_run_and_prints_reference_lines(capsys, tmp_path):
     run_dir = tmp_path / "cli-run"
     code, out, err = run_cli(
@@ -141,6 +142,7 @@ def test_train_cli_writes_run_and_prints_reference_lines(capsys, tmp_path):
     assert_one_error_line(code, err, "already holds a run")
 
 
+@pytest.mark.process
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "mnist_core", "summary", "--widths", "1,2,3,4,5,-6"],

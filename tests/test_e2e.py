@@ -485,10 +485,10 @@ def test_runs_confusion_matrix_cell_click_shows_its_mistakes(page, app_url, runs
     from mnist_core.config import TrainConfig
     from mnist_core.insight import Evaluation, cached_evaluation
     from mnist_core.checkpoint import load_checkpoint
-    from mnist_core.runs import execute
+    from mnist_core.runner import train_run
 
     run = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=640, lr=0.05), name="e2e-cm")
-    execute(run, mnist)  # the whole test set: the mistakes are cached with the run, as the app's are
+    train_run(run, mnist)  # the whole test set: the mistakes are cached with the run, as the app's are
     assert run.status["status"] == "finished" and (run.path / "best.pt.eval").exists()
     model, _ = load_checkpoint(run.path / "best.pt")
     ev: Evaluation = cached_evaluation(run.path / "best.pt", model, mnist.test_x, mnist.test_y)

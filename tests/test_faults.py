@@ -49,7 +49,8 @@ from mnist_core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from mnist_core.runs import Run, RunError, execute, list_runs
+from mnist_core.runner import train_run
+from mnist_core.runs import Run, RunError, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -151,6 +152,7 @@ def run_dirs(runs_dir: Path) -> list[str]:
 # --- training lifecycle ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_concurrent_starts_make_exactly_one_run(runs, capsys):
     """Two tabs, a double click, the CLI at once: 16 threads race jobs.start on one runs folder."""
     n = 16
@@ -212,6 +214,7 @@ def test_stop_saves_a_usable_checkpoint_and_marks_stopped(runs, mnist):
     assert not (run.path / "STOP").exists() and jobs.active(runs) is None
 
 
+@pytest.mark.process
 def test_kill_9_of_the_training_marks_it_failed_and_keeps_its_epochs(runs):
     run = jobs.start(runs, ModelConfig(), tiny(epochs=50, n=320), name="killed")
     pid = run.status["pid"]
@@ -239,11 +242,11 @@ import os
 import resource
 
 if os.environ.get("MNIST_LAB_FAULT") == "oom-in-epoch-2":
-    import mnist_core.runs as _runs
+    import mnist_core.runner as _runner
 
-    _execute = _runs.execute
+    _train_run = _runner.train_run
 
-    def execute(run, data, progress=None, should_stop=None):
+    def train_run(run, data, progress=None, should_stop=None):
         def hook(record):
             if progress:
                 progress(record)
@@ -254,12 +257,13 @@ if os.environ.get("MNIST_LAB_FAULT") == "oom-in-epoch-2":
                 resource.setrlimit(resource.RLIMIT_AS, ((vm + 256 * 1024) * 1024, resource.RLIM_INFINITY))
                 torch.ones(512 * 2**20, dtype=torch.uint8)  # 512 MB more than the address space allows
 
-        return _execute(run, data, progress=hook, should_stop=should_stop)
+        return _train_run(run, data, progress=hook, should_stop=should_stop)
 
-    _runs.execute = execute
+    _runner.train_run = train_run
 '''
 
 
+@pytest.mark.process
 def test_out_of_memory_in_the_training_process_marks_it_failed(runs, tmp_path, monkeypatch):
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -334,6 +338,7 @@ def browser_or_none():
     return None
 
 
+@pytest.mark.process
 def test_killing_the_app_server_leaves_the_training_running_and_shown(runs, tmp_path, no_stray_trainings):
     """SIGKILL to the server's whole process group while it trains; a new server picks the run up."""
     import requests
@@ -428,7 +433,7 @@ def test_killing_the_app_server_leaves_the_training_running_and_shown(runs, tmp_
 
 def test_damaged_run_directories_still_list_and_show(runs, mnist):
     base = Run.create(runs, ModelConfig(), tiny(epochs=2, n=320), name="intact")
-    execute(base, mnist)
+    train_run(base, mnist)
 
     def variant(name, damage):
         # checkpoints are left out of the copies: damage to them is the Draw page's test, and each one
@@ -555,7 +560,7 @@ def test_full_disk_real_filesystem_keeps_the_last_good_checkpoint(small_fs, mnis
             fill(small_fs)
 
     with pytest.raises(OSError) as e:
-        execute(run, mnist, progress=progress)
+        train_run(run, mnist, progress=progress)
     assert e.value.errno == errno.ENOSPC and e.value.filename  # it names the file it could not write
     figure("full_disk.real_error", f"{type(e.value).__name__}: {e.value}")
     assert (run.path / "last.pt").read_bytes() == state["good"]
@@ -575,6 +580,7 @@ def test_full_disk_real_filesystem_keeps_the_last_good_checkpoint(small_fs, mnis
     assert not (small_fs / "second").exists()  # nothing half made
 
 
+@pytest.mark.process
 def test_full_disk_simulated_enospc_while_saving(runs, monkeypatch, capsys):
     """fsync of the second last.pt fails with ENOSPC: the CLI says so, the run keeps epoch 1's file."""
     seen = {"last.pt": 0}
@@ -654,6 +660,7 @@ def digit_png(tmp_path, mnist):
     return path
 
 
+@pytest.mark.process
 def test_the_exploit_is_live_when_loaded_unsafely(tmp_path):
     """Control: the payload used below really runs code when unpickled without protection."""
     marker = tmp_path / "marker"
@@ -724,7 +731,7 @@ def test_draw_page_upload_refuses_bad_checkpoints_and_accepts_a_good_one(runs, t
 
 def test_draw_page_shows_an_error_for_a_damaged_run_checkpoint(runs, mnist):
     run = Run.create(runs, ModelConfig(), tiny(n=320), name="damaged")
-    execute(run, mnist)
+    train_run(run, mnist)
     data = (run.path / "best.pt").read_bytes()
     (run.path / "best.pt").write_bytes(data[: len(data) // 2])
     at = app("views/draw.py")
@@ -882,6 +889,7 @@ def mnist_copy(tmp_path: Path, damage: str, victim: str) -> Path:
     ("corrupted", "t10k-labels-idx1-ubyte.gz", "SHA-256 checksum does not match"),
     ("missing", "train-labels-idx1-ubyte.gz", "MNIST file is missing"),
 ])
+@pytest.mark.process
 def test_cli_train_on_damaged_data_names_the_file_and_leaves_nothing(tmp_path, runs, damage, victim, needle):
     from mnist_core.data import load_mnist
 
@@ -900,6 +908,7 @@ def test_cli_train_on_damaged_data_names_the_file_and_leaves_nothing(tmp_path, r
     assert run_dirs(runs) == [] and not (tmp_path / "explicit").exists()
 
 
+@pytest.mark.process
 def test_a_training_started_from_the_app_on_corrupted_data_fails_with_the_file_named(tmp_path, runs, monkeypatch):
     data = mnist_copy(tmp_path, "corrupted", "train-images-idx3-ubyte.gz")
     monkeypatch.setenv("MNIST_LAB_DATA", str(data))
@@ -918,7 +927,8 @@ import gc, json, sys
 from pathlib import Path
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.data import load_mnist
-from mnist_core.runs import Run, execute
+from mnist_core.runner import train_run
+from mnist_core.runs import Run
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -930,13 +940,14 @@ out = {"after_load_mb": rss_mb(), "after_run_mb": []}
 for i in range(10):
     run = Run.create(Path(sys.argv[1]), ModelConfig(), TrainConfig(epochs=1, batch_size=64, lr=0.05, limit_train=2000,
                      limit_test=200, device="cpu"), name=f"mem-{i}")
-    execute(run, data)
+    train_run(run, data)
     gc.collect()
     out["after_run_mb"].append(round(rss_mb(), 1))
 print(json.dumps(out))
 '''
 
 
+@pytest.mark.process
 def test_ten_trainings_in_one_process_do_not_grow_memory_without_bound(runs):
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(runs)], cwd=ROOT, capture_output=True, text=True,
@@ -966,6 +977,7 @@ def lan_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
+@pytest.mark.process
 def test_default_config_serves_localhost_only_with_xsrf_protection(tmp_path):
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1"

@@ -88,6 +88,7 @@ def peak_rss_growth_mb(path: Path) -> tuple[float, str]:
     return float(growth), err
 
 
+@pytest.mark.process
 def test_a_tiny_file_asking_for_a_gigabyte_is_refused_before_allocating(tmp_path):
     # 'bytearray' is on torch's weights_only list: unguarded, torch.load zero-fills the 1 GiB it asks for
     payload = forged_pickle({"format": "mnist-lab-checkpoint/1", "pad": Call(bytearray, 1024 * MB)})
@@ -99,6 +100,7 @@ def test_a_tiny_file_asking_for_a_gigabyte_is_refused_before_allocating(tmp_path
     assert growth < 100
 
 
+@pytest.mark.process
 def test_a_deflate_bomb_is_refused_by_its_unpacked_size(tmp_path):
     archive = good_archive(tmp_path)
     zeros = bytes(200 * MB)  # 200 MB of float zeros deflate to about 200 KB
@@ -115,6 +117,7 @@ def test_a_deflate_bomb_is_refused_by_its_unpacked_size(tmp_path):
     assert growth < 100
 
 
+@pytest.mark.process
 def test_a_storage_declaring_more_than_its_member_holds_is_refused(tmp_path):
     archive = good_archive(tmp_path)
     numel = 10**9  # 4 GB declared; the member holds 16 bytes
@@ -170,6 +173,7 @@ def test_special_files_are_refused_at_once(tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.process
 def test_predict_refuses_a_pipe_and_a_torchscript_export_in_one_line(tmp_path):
     from mnist_core.export import torchscript_bytes
 

@@ -13,7 +13,8 @@ from mnist_core.draw import preprocess, step_predictions
 from mnist_core.export import archive_bytes, torchscript_bytes
 from mnist_core.model import build_model
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint, save_checkpoint
-from mnist_core.runs import Run, execute
+from mnist_core.runner import train_run
+from mnist_core.runs import Run
 from mnist_core.train import evaluate, train
 
 
@@ -112,12 +113,12 @@ def test_fine_tune_with_handwriting_and_resume_numbering(tmp_path, mnist, runs_d
     pre = preprocess(synthetic_drawing())
     handwriting.save(pre.final, 7, tmp_path / "hw")
     parent = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=2, limit_train=640, limit_test=200), name="p")
-    execute(parent, mnist)
+    train_run(parent, mnist)
     cfg = TrainConfig(epochs=1, limit_train=640, limit_test=200, init_checkpoint=str(parent.path / "last.pt"),
                       start_epoch=2, handwriting=str(tmp_path / "hw"), handwriting_repeat=5)
     child = Run.create(runs_dir, ModelConfig(), cfg, name="c", parent="p")
     seen = []
-    execute(child, mnist, progress=seen.append)
+    train_run(child, mnist, progress=seen.append)
     assert [e["epoch"] for e in child.epochs()] == [3]  # continues the parent's numbering
     batches = [r for r in seen if r["kind"] == "batch"]
     assert batches[0]["step"] == 2 * batches[0]["batches"] + 1
@@ -148,7 +149,7 @@ def test_exports_give_the_same_predictions(tmp_path, mnist, runs_dir, bundled):
         assert torch.allclose(scripted(x), bundled(x), atol=1e-5)
 
     run = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=320, limit_test=100, seed=5), name="e")
-    execute(run, mnist)
+    train_run(run, mnist)
     z = zipfile.ZipFile(io.BytesIO(archive_bytes(run)))
     names = set(z.namelist())
     for part in ("config.json", "seed.txt", "best.pt", "model.torchscript.pt", "summary.txt", "metrics.jsonl", "card.md"):

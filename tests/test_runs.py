@@ -15,7 +15,8 @@ from mnist_core.data import DATA_DIR, DataError, load_mnist, verify
 from mnist_core.model import build_model
 from mnist_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mnist_core.files import atomic_write_text
-from mnist_core.runs import Run, RunError, check_run_name, execute, list_runs
+from mnist_core.runner import train_run
+from mnist_core.runs import Run, RunError, check_run_name, list_runs
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_hostile_run_names_are_refused(name):
 def test_execute_writes_a_complete_run(mnist, runs_dir):
     cfg = TrainConfig(epochs=2, batch_size=64, limit_train=640, limit_test=300, lr=0.05)
     run = Run.create(runs_dir, ModelConfig(), cfg, name="tiny")
-    execute(run, mnist)
+    train_run(run, mnist)
     names = sorted(p.name for p in run.path.iterdir())
     assert names == ["best.pt", "card.md", "config.json", "last.pt", "metrics.jsonl", "status.json"]
     assert run.status["status"] == "finished"
@@ -216,7 +217,7 @@ def test_stop_file_stops_and_marks_stopped(mnist, runs_dir):
         if count["n"] == 5:
             run.request_stop()
 
-    execute(run, mnist, progress=progress)
+    train_run(run, mnist, progress=progress)
     assert run.status["status"] == "stopped"
     assert count["n"] == 6  # five batches, then the stop record
     load_checkpoint(run.path / "last.pt")
@@ -225,7 +226,7 @@ def test_stop_file_stops_and_marks_stopped(mnist, runs_dir):
 
 def test_truncated_metrics_still_list(mnist, runs_dir):
     run = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=320, limit_test=100), name="t")
-    execute(run, mnist)
+    train_run(run, mnist)
     text = (run.path / "metrics.jsonl").read_text()
     (run.path / "metrics.jsonl").write_text(text + '{"kind": "epoch", "epo')
     (run.path / "card.md").unlink()
@@ -235,16 +236,16 @@ def test_truncated_metrics_still_list(mnist, runs_dir):
 
 
 def test_failed_training_is_marked_failed(mnist, runs_dir, monkeypatch):
-    import mnist_core.train as train_mod
+    import mnist_core.runner as runner_mod
 
     run = Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=1, limit_train=320, limit_test=100), name="f")
 
     def explode(*a, **k):
         raise RuntimeError("simulated out of memory")
 
-    monkeypatch.setattr(train_mod, "train", explode)
+    monkeypatch.setattr(runner_mod, "train", explode)  # the loop the runner calls
     with pytest.raises(RuntimeError):
-        execute(run, mnist)
+        train_run(run, mnist)
     assert run.status["status"] == "failed"
     assert "simulated out of memory" in run.status["reason"]
     assert json.loads((run.path / "config.json").read_text())["name"] == "f"

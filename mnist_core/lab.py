@@ -1,0 +1,102 @@
+"""Every action the pages and the command line take on runs, in one place.
+
+The pages hold widgets and charts; what a button does is a call here: start a training, an A/B
+pair, continue a run, fine-tune it on handwriting, stop, delete, export. Each builds its settings
+from the run's own (one TrainConfig, validated once) and goes through jobs, so the one-training
+rule, the checks before anything is written and the messages are the same wherever it starts.
+Errors a user can cause are ConfigError, RunError or jobs.Busy, each one line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from mnist_core import export, jobs
+from mnist_core.card import plural
+from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.runs import Run, RunError, list_runs, new_run_name
+
+DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+
+
+def runs_dir() -> Path:
+    """The runs folder: MNIST_LAB_RUNS, else runs/ in the project; read at each call."""
+    return Path(os.environ.get("MNIST_LAB_RUNS") or DEFAULT_RUNS_DIR)
+
+
+def all_runs() -> list[Run]:
+    """Every run, newest first, each with its status brought up to date."""
+    return jobs.refresh_all(runs_dir())
+
+
+def active() -> str | None:
+    """The run now training, if any."""
+    return jobs.active(runs_dir())
+
+
+def start(model: ModelConfig, recipe: TrainConfig, name: str | None = None, target: str | None = None) -> Run:
+    return jobs.start(runs_dir(), model, recipe, name=name or None, target=target or None)
+
+
+def start_ab_batchnorm(model: ModelConfig, recipe: TrainConfig) -> list[Run]:
+    """Two runs of the model's template, BatchNorm on then off, all else equal (the same seed and
+    data order), trained one after the other."""
+    settings = model.template_settings()
+    if settings is None:
+        raise RunError("A/B of BatchNorm needs the reference skeleton (the sliders' family); this model "
+                       "is another shape")
+    widths, _, dropout = settings
+    stamp = new_run_name(runs_dir(), "ab")
+    specs = [dict(model_cfg=ModelConfig.template(widths, bn, dropout), train_cfg=recipe,
+                  name=f"{stamp}-{'bn' if bn else 'nobn'}",
+                  target=f"A/B: BatchNorm {'on' if bn else 'off'}, all else equal")
+             for bn in (True, False)]
+    return jobs.start_queue(runs_dir(), specs)
+
+
+def continue_run(run: Run, epochs: int) -> Run:
+    """A new run that trains `run`'s last checkpoint for `epochs` more, its epochs numbered on."""
+    last = run.path / "last.pt"
+    if not last.exists():
+        raise RunError(f"run {run.name!r} has no last.pt to continue from")
+    recipe = replace(run.train_config(), epochs=int(epochs), init_checkpoint=str(last),
+                     start_epoch=len(run.epochs()))
+    return jobs.start(runs_dir(), run.model_config(), recipe, parent=run.name,
+                      target=f"Continue {run.name} for {plural(int(epochs), 'epoch')}")
+
+
+def fine_tune(run: Run, handwriting: Path, epochs: int, limit_train: int) -> Run:
+    """A new run that trains `run`'s last checkpoint on MNIST plus the user's drawings, gently
+    (SGD 0.01, no schedule), keeping the run's augmentation, seed and device."""
+    base = run.train_config()
+    recipe = TrainConfig(
+        epochs=int(epochs), batch_size=min(base.batch_size, 128), lr=0.01, momentum=base.momentum,
+        scheduler="none", augment=base.augment, seed=base.seed, device=base.device, limit_train=int(limit_train),
+        init_checkpoint=str(run.path / "last.pt"), start_epoch=len(run.epochs()),
+        handwriting=str(handwriting), handwriting_repeat=20,
+    )
+    return jobs.start(runs_dir(), run.model_config(), recipe, parent=run.name,
+                      target="Fine-tune on MNIST plus my handwriting")
+
+
+def stop(run: Run) -> None:
+    jobs.stop(run)
+
+
+def delete(run: Run) -> None:
+    jobs.delete(run)
+
+
+def archive(run: Run, checkpoint: Path) -> bytes:
+    return export.archive_bytes(run, checkpoint)
+
+
+def torchscript(model) -> bytes:
+    return export.torchscript_bytes(model)
+
+
+def runs_with_checkpoints() -> list[Run]:
+    """Runs that can be continued or fine-tuned: a last.pt, and not training now."""
+    return [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and r.status.get("status") != "running"]
