@@ -21,7 +21,8 @@ from mnist_core.files import read_json
 from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
-from mnist_core.runs import RUNS_DIR, check_run_name, Run, RunError
+from mnist_core.lab import runs_dir
+from mnist_core.runs import check_run_name, Run, RunError
 from mnist_core.train import check_can_train
 from mnist_core.config import PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
 
@@ -170,7 +171,7 @@ def new_run(args):
     if args.run_dir is not None:
         run = Run.at(args.run_dir, model_cfg, train_cfg, preset=args.preset, target=args.target)
     else:
-        run = Run.create(RUNS_DIR, model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
+        run = Run.create(runs_dir(), model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
     return run, data
 
 

@@ -61,24 +61,32 @@ def continue_run(run: Run, epochs: int) -> Run:
     last = run.path / "last.pt"
     if not last.exists():
         raise RunError(f"run {run.name!r} has no last.pt to continue from")
-    recipe = replace(run.train_config(), epochs=int(epochs), init_checkpoint=str(last),
-                     start_epoch=len(run.epochs()))
-    return jobs.start(runs_dir(), run.model_config(), recipe, parent=run.name,
+    model, base = settings_of(run)
+    recipe = replace(base, epochs=int(epochs), init_checkpoint=str(last), start_epoch=len(run.epochs()))
+    return jobs.start(runs_dir(), model, recipe, parent=run.name,
                       target=f"Continue {run.name} for {plural(int(epochs), 'epoch')}")
 
 
 def fine_tune(run: Run, handwriting: Path, epochs: int, limit_train: int) -> Run:
     """A new run that trains `run`'s last checkpoint on MNIST plus the user's drawings, gently
     (SGD 0.01, no schedule), keeping the run's augmentation, seed and device."""
-    base = run.train_config()
+    model, base = settings_of(run)
     recipe = TrainConfig(
         epochs=int(epochs), batch_size=min(base.batch_size, 128), lr=0.01, momentum=base.momentum,
         scheduler="none", augment=base.augment, seed=base.seed, device=base.device, limit_train=int(limit_train),
         init_checkpoint=str(run.path / "last.pt"), start_epoch=len(run.epochs()),
         handwriting=str(handwriting), handwriting_repeat=20,
     )
-    return jobs.start(runs_dir(), run.model_config(), recipe, parent=run.name,
+    return jobs.start(runs_dir(), model, recipe, parent=run.name,
                       target="Fine-tune on MNIST plus my handwriting")
+
+
+def settings_of(run: Run) -> tuple[ModelConfig, TrainConfig]:
+    """The run's model and recipe from its config.json; RunError when they cannot be read."""
+    try:
+        return run.model_config(), run.train_config()
+    except KeyError as e:
+        raise RunError(f"run {run.name!r}: its config.json has no {e.args[0]!r} section") from None
 
 
 def stop(run: Run) -> None:

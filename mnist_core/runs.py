@@ -30,12 +30,10 @@ from mnist_core.files import (
     SMALL_FILE_BYTES,
     UnreadableFile,
     atomic_write_json,
-    atomic_write_text,
     read_bytes,
     read_json,
 )
 
-RUNS_DIR = Path(os.environ.get("MNIST_LAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
 METRICS_LIMIT = 512 * 1024**2  # metrics.jsonl of a long command-line run is hundreds of MB: an archive takes it whole
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATUSES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
@@ -405,7 +403,7 @@ class Run:
         }
 
 
-def list_runs(runs_dir: Path = RUNS_DIR) -> list[Run]:
+def list_runs(runs_dir: Path) -> list[Run]:
     """Every run directory, newest first; hidden and stray files are ignored."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():

@@ -1,5 +1,6 @@
-"""Helpers shared by the AppTest page tests."""
+"""Helpers shared by the tests: AppTest pages and buttons, tiny trained runs, free ports."""
 
+import socket
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -31,3 +32,16 @@ def finished_tiny_run(folder: Path, mnist, **settings) -> Path:
     train_run(run, mnist)
     assert run.status["status"] == "finished"
     return run.path
+
+
+def button(at: AppTest, label: str):
+    """The one button with this label (failing if there is none, or several)."""
+    found = [b for b in at.button if b.label == label]
+    assert len(found) == 1, [b.label for b in at.button]
+    return found[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

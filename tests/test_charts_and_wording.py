@@ -4,9 +4,8 @@ written as the rest of the app writes them, settings that stay when a page is le
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from apptest_kit import page, texts
+from apptest_kit import page
 
 
 def test_batch_loss_axis_is_labelled_at_whole_decades():

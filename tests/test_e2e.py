@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from apptest_kit import free_port
 from mnist_core import jobs
 from mnist_core.config import ModelConfig
 from mnist_core.model import count_params
@@ -51,12 +51,6 @@ def unavailable(reason: str):
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

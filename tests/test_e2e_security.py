@@ -10,12 +10,11 @@ import base64
 import os
 import socket
 import tomllib
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from test_e2e import CHROMIUM, CHROMIUM_ARGS, ROOT, WAIT, browser, serve  # noqa: F401 (fixture)
+from test_e2e import CHROMIUM, CHROMIUM_ARGS, ROOT, WAIT, serve
 
 pytestmark = pytest.mark.e2e
 

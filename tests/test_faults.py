@@ -34,9 +34,9 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from apptest_kit import button, free_port
 from mnist_core import jobs
 from mnist_core import checkpoint as checkpoint_mod
-from mnist_core import runs as runs_mod
 from mnist_core.__main__ import main
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import DATA_DIR, FILES
@@ -110,11 +110,10 @@ def one_error_line(code: int, err: str) -> str:
 
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
-    """A runs folder that the pages (MNIST_LAB_RUNS) and the CLI (runs.RUNS_DIR) both use."""
+    """A runs folder that the pages and the CLI both use (MNIST_LAB_RUNS, read by lab.runs_dir)."""
     d = tmp_path / "runs"
     d.mkdir()
     monkeypatch.setenv("MNIST_LAB_RUNS", str(d))
-    monkeypatch.setattr(runs_mod, "RUNS_DIR", d)
     return d
 
 
@@ -137,12 +136,6 @@ def app(page: str | None = None) -> AppTest:
         at.switch_page(page).run()
         assert not at.exception, at.exception
     return at
-
-
-def button(at: AppTest, label: str):
-    found = [b for b in at.button if b.label == label]
-    assert len(found) == 1, [b.label for b in at.button]
-    return found[0]
 
 
 def run_dirs(runs_dir: Path) -> list[str]:
@@ -285,12 +278,6 @@ def test_out_of_memory_in_the_training_process_marks_it_failed(runs, tmp_path, m
     at = app("views/train.py")
     assert "oom: failed" in texts(at.subheader)
     assert any("allocate memory" in w or "MemoryError" in w for w in texts(at.warning))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(runs_dir: Path, log: Path, train_first: TrainConfig | None = None) -> tuple[subprocess.Popen, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import chart_keys, finished_tiny_run, page, texts
+from apptest_kit import button, chart_keys, finished_tiny_run, page, texts
 
 from mnist_core import jobs
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
@@ -22,12 +22,6 @@ def total(at: AppTest) -> str:
     heads = [s for s in texts(at.subheader) if s.startswith("Total params: ")]
     assert len(heads) == 1, texts(at.subheader)
     return heads[0]
-
-
-def button(at: AppTest, label: str):
-    found = [b for b in at.button if b.label == label]
-    assert len(found) == 1, [b.label for b in at.button]
-    return found[0]
 
 
 @pytest.fixture(scope="module")

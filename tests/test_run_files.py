@@ -18,7 +18,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import finished_tiny_run, page, texts
+from apptest_kit import button, finished_tiny_run, page, texts
 from mnist_core import jobs
 from mnist_core.runs import MetricsLog, Run, list_runs
 
@@ -228,10 +228,6 @@ def refuse_writes(monkeypatch, err: int):
     return errno_mod.errorcode[err]
 
 
-def buttons(at, label):
-    return [b for b in at.button if b.label == label]
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("err", [28, 30])  # ENOSPC, EROFS
 def test_start_continue_delete_and_save_on_a_disk_that_refuses(tmp_path, monkeypatch, trained, err):
@@ -248,7 +244,7 @@ def test_start_continue_delete_and_save_on_a_disk_that_refuses(tmp_path, monkeyp
 
     page(at, "views/train.py")
     at.text_input(key="tr_name").set_value("new")
-    buttons(at, "Start training")[0].click().run()
+    button(at, "Start training").click().run()
     assert not at.exception
     assert any(e.startswith("cannot start the training: ") and "config.json" in e and reason in e
                for e in texts(at.error)), texts(at.error)
@@ -256,7 +252,7 @@ def test_start_continue_delete_and_save_on_a_disk_that_refuses(tmp_path, monkeyp
 
     page(at, "views/runs.py")
     at.selectbox(key="runs_one").select("done").run()
-    buttons(at, "Continue")[0].click().run()
+    button(at, "Continue").click().run()
     assert not at.exception
     assert any("cannot start the training" in e and reason in e for e in texts(at.error)), texts(at.error)
 
@@ -264,8 +260,8 @@ def test_start_continue_delete_and_save_on_a_disk_that_refuses(tmp_path, monkeyp
         raise OSError(err, reason, str(Path(path) / "best.pt"))
 
     monkeypatch.setattr(shutil, "rmtree", rmtree)
-    buttons(at, "Delete run")[0].click().run()
-    buttons(at, "Yes, delete")[0].click().run()
+    button(at, "Delete run").click().run()
+    button(at, "Yes, delete").click().run()
     assert not at.exception
     assert any(e.startswith("cannot delete run 'done': ") and "best.pt" in e and reason in e
                for e in texts(at.error)), texts(at.error)

@@ -4,10 +4,10 @@ import streamlit as st
 from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig
 from mnist_core import insight
 from mnist_core.model import build_model, summary_rows
-from mnist_core import jobs
+from mnist_core import jobs, lab
 from mnist_core.config import replace
-from mnist_core.runs import RunError, new_run_name
-from views.common import choose_model, chosen_model, runs_dir, saved_settings
+from mnist_core.runs import RunError
+from views.common import choose_model, chosen_model, saved_settings
 
 WIDGETS = [f"arch_w{i}" for i in range(6)]
 LABELS = {
@@ -129,16 +129,8 @@ with left, st.expander("Train A/B: BatchNorm on vs off"):
                             format_func=lambda n: "all 60,000" if n is None else f"{n:,}")
         launch = st.form_submit_button("Train A/B")
     if launch:
-        widths, _, dropout = cfg.template_settings()
-        ab_train = replace(base, epochs=int(epochs), limit_train=size)
-        stamp = new_run_name(runs_dir(), "ab")
-        specs = [
-            dict(model_cfg=ModelConfig.template(widths, bn, dropout), train_cfg=ab_train, name=f"{stamp}-{'bn' if bn else 'nobn'}",
-                 target=f"A/B: BatchNorm {'on' if bn else 'off'}, all else equal")
-            for bn in (True, False)
-        ]
         try:
-            runs = jobs.start_queue(runs_dir(), specs)
+            runs = lab.start_ab_batchnorm(cfg, replace(base, epochs=int(epochs), limit_train=size))
             st.success(f"Started {runs[0].name}, then {runs[1].name}. Follow them on the Train page.")
         except (ConfigError, RunError, jobs.Busy) as e:
             st.error(str(e))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -12,20 +11,20 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core import jobs
+from mnist_core import lab
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
 from mnist_core.files import UnreadableFile
-from mnist_core.runs import RUNS_DIR, Run, list_runs
+from mnist_core.runs import Run, list_runs
 
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("MNIST_LAB_RUNS", RUNS_DIR))
+    return lab.runs_dir()
 
 
 def active_run_name() -> str | None:
-    return jobs.active(runs_dir())
+    return lab.active()
 
 
 # -- the architecture chosen on the Architecture page, trained by the Train page -------------

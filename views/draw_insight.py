@@ -8,14 +8,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core import handwriting, insight, jobs
-from mnist_core.config import ConfigError, TrainConfig
+from mnist_core import handwriting, insight, jobs, lab
+from mnist_core.config import ConfigError
 from mnist_core.draw import Preprocessed, probabilities, step_predictions
 from mnist_core.card import plural
 from mnist_core.files import describe_os_error
 from mnist_core.data import normalize
-from mnist_core.runs import RunError, list_runs
-from views.common import DIGIT_AXIS, load_model, runs_dir
+from mnist_core.runs import RunError
+from views.common import DIGIT_AXIS, load_model
 
 
 def grey(img: np.ndarray, size: int = 112) -> np.ndarray:
@@ -123,7 +123,7 @@ def your_handwriting(model, pre: Preprocessed, digit: int) -> None:
         st.markdown(f"**The chosen model on your {plural(len(x), 'drawing')}: {100 * float((pred == yy).mean()):.1f}%**")
         st.dataframe(pd.DataFrame(per).style.format({"accuracy %": "{:.1f}"}, na_rep="–"),  # "–": no drawings
                      hide_index=True, width="stretch", height=250)
-    parents = [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and r.status.get("status") != "running"]
+    parents = lab.runs_with_checkpoints()
     if not parents:
         st.caption("Fine-tuning starts from a run: train one first.")
         return
@@ -135,16 +135,8 @@ def your_handwriting(model, pre: Preprocessed, digit: int) -> None:
         go_ = st.form_submit_button("Start fine-tuning")
     if go_:
         run = next(r for r in parents if r.name == parent)
-        base = run.train_config()
         try:
-            cfg = TrainConfig(
-                epochs=int(epochs), batch_size=min(base.batch_size, 128), lr=0.01, momentum=base.momentum,
-                scheduler="none", augment=base.augment, seed=base.seed, device=base.device, limit_train=int(size),
-                init_checkpoint=str(run.path / "last.pt"), start_epoch=len(run.epochs()),
-                handwriting=str(folder), handwriting_repeat=20,
-            )
-            new = jobs.start(runs_dir(), run.model_config(), cfg, target="Fine-tune on MNIST plus my handwriting",
-                             parent=run.name)
+            new = lab.fine_tune(run, folder, int(epochs), int(size))
             st.success(f"Started {new.name}; follow it on the Train page.")
         except (ConfigError, RunError, jobs.Busy) as e:
             st.error(str(e))

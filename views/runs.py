@@ -1,13 +1,13 @@
 import pandas as pd
 import streamlit as st
 
-from mnist_core import jobs
+from mnist_core import lab
 from mnist_core.files import UnreadableFile
 from mnist_core.runs import RunError
-from views.common import curves_figure, metrics, runs_dir, show_card
+from views.common import curves_figure, metrics, show_card
 
 st.title("Runs")
-runs = jobs.refresh_all(runs_dir())
+runs = lab.all_runs()
 if not runs:
     st.info("No run yet. Train one on the **Train** page; it will be listed here with its card and curves.")
     st.stop()
@@ -62,7 +62,7 @@ with deleting:
         st.warning(f"Delete **{run.name}** and all its files?")
         if st.button("Yes, delete", type="primary", key="del_yes"):
             try:
-                jobs.delete(run)
+                lab.delete(run)
                 st.session_state.confirm_delete = None
                 st.rerun()
             except RunError as e:

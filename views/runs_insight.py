@@ -7,12 +7,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core import insight, jobs, spec
-from mnist_core.card import plural
-from mnist_core.config import ConfigError, replace
+from mnist_core import insight, jobs, lab, spec
+from mnist_core.config import ConfigError
 from mnist_core.checkpoint import CheckpointError
 from mnist_core.runs import Run, RunError
-from views.common import DIGIT_AXIS, curves_figure, load_model, metrics, runs_dir, show_card, try_load
+from views.common import DIGIT_AXIS, curves_figure, load_model, metrics, show_card, try_load
 
 
 @st.cache_resource(show_spinner="Loading the MNIST test set...")
@@ -148,8 +147,6 @@ def ab_section(runs: list[Run]) -> None:
 
 
 def resume_and_export(run: Run) -> None:
-    from mnist_core.export import archive_bytes, torchscript_bytes
-
     status = run.status.get("status")
     last = run.path / "last.pt"
     c1, c2 = st.columns(2)
@@ -160,15 +157,12 @@ def resume_and_export(run: Run) -> None:
             st.success(started)
         if st.button("Continue", key=f"resume_{run.name}", disabled=status == "running" or not last.exists()):
             try:
-                base = run.train_config()
-                cfg = replace(base, epochs=int(more), init_checkpoint=str(last), start_epoch=len(run.epochs()))
-                new = jobs.start(runs_dir(), run.model_config(), cfg, target=f"Continue {run.name} for {plural(more, 'epoch')}",
-                                 parent=run.name)
-            except (ConfigError, RunError, jobs.Busy, KeyError) as e:
+                new = lab.continue_run(run, int(more))
+            except (ConfigError, RunError, jobs.Busy) as e:
                 st.error(str(e))
             else:
                 st.session_state[f"resumed_{run.name}"] = (
-                    f"Started {new.name}; its epochs continue from {cfg.start_epoch}. See the Train page.")
+                    f"Started {new.name}; its epochs continue from {len(run.epochs())}. See the Train page.")
                 st.rerun()  # the page again, from the top: the new run in the table and the lists
     with c2:
         st.markdown("**Export** for use outside the app")
@@ -186,7 +180,7 @@ def resume_and_export(run: Run) -> None:
         if ckpt != checkpoints[0]:
             st.caption(f"Exporting {ckpt.name} instead.")
         # callables: the archive and the trace are built only when the button is pressed
-        st.download_button(f"Download run archive (.zip, {ckpt.name})", lambda: archive_bytes(run, ckpt),
+        st.download_button(f"Download run archive (.zip, {ckpt.name})", lambda: lab.archive(run, ckpt),
                            file_name=f"{run.name}.zip", key=f"zip_{run.name}", on_click="ignore")
-        st.download_button(f"Download TorchScript model ({ckpt.name})", lambda: torchscript_bytes(load_model(ckpt)[0]),
+        st.download_button(f"Download TorchScript model ({ckpt.name})", lambda: lab.torchscript(load_model(ckpt)[0]),
                            file_name=f"{run.name}.torchscript.pt", key=f"ts_{run.name}", on_click="ignore")

@@ -2,7 +2,7 @@ import time
 
 import streamlit as st
 
-from mnist_core import jobs
+from mnist_core import jobs, lab
 from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
 from views.common import (
@@ -95,7 +95,7 @@ save_settings(page_settings())
 
 if started := st.session_state.pop("tr_started", None):  # set just before the rerun below
     st.toast(f"Started {started}")
-active = jobs.active(runs_dir())
+active = lab.active()
 b1, b2, _ = st.columns([1, 1, 4])
 start = b1.button("Start training", type="primary", disabled=bool(active))
 stop = b2.button("Stop", disabled=not active)
@@ -103,14 +103,14 @@ stop = b2.button("Stop", disabled=not active)
 if start:
     try:
         cfg = TrainConfig(**page_settings())
-        run = jobs.start(runs_dir(), model_cfg, cfg, name=run_name.strip() or None, target=target.strip() or None)
+        run = lab.start(model_cfg, cfg, name=run_name.strip(), target=target.strip())
         st.session_state.tr_run = st.session_state.tr_started = run.name
     except (ConfigError, RunError, jobs.Busy) as e:
         st.error(str(e), icon="🚫")
     else:
         st.rerun()  # draw the buttons and the sidebar again: Start off, Stop on, the training named
 if stop and active:
-    jobs.stop(Run(runs_dir() / active))
+    lab.stop(Run(runs_dir() / active))
     st.toast(f"Asked {active} to stop; it saves its checkpoint after the current batch.")
 
 
@@ -122,7 +122,7 @@ LIVE_POINTS = 400
 
 def shown_run() -> Run | None:
     """The training in progress, else this session's last run, else the newest run."""
-    name = jobs.active(runs_dir()) or st.session_state.get("tr_run")
+    name = lab.active() or st.session_state.get("tr_run")
     if name and (runs_dir() / name).is_dir():
         return Run(runs_dir() / name)
     runs = list_runs(runs_dir())
@@ -162,7 +162,7 @@ def live():
     if status != "running":
         show_card(run, missing="No card yet.")
         # the process writes its final status, then exits and frees the lock: wait for both
-        if st.session_state.get("tr_was_running") == run.name and not jobs.active(runs_dir()):
+        if st.session_state.get("tr_was_running") == run.name and not lab.active():
             st.session_state.tr_was_running = None
             st.rerun()  # re-enable Start, disable Stop
     else:

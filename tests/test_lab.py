@@ -1,0 +1,73 @@
+"""The one door the pages and the command line go through: what each action asks jobs to start."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnist_core import jobs, lab
+from mnist_core.checkpoint import save_checkpoint
+from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.model import build_model
+from mnist_core.runs import Run, RunError
+
+
+@pytest.fixture
+def started(monkeypatch, tmp_path):
+    """jobs.start / start_queue record what they are given instead of starting processes."""
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path / "runs"))
+    calls = []
+    monkeypatch.setattr(jobs, "start", lambda d, m, t, **kw: calls.append((d, m, t, kw)) or "run")
+    monkeypatch.setattr(jobs, "start_queue", lambda d, specs: calls.extend((d, s["model_cfg"], s["train_cfg"], s)
+                                                                           for s in specs) or ["a", "b"])
+    return calls
+
+
+def parent_run(tmp_path, **recipe) -> Run:
+    run = Run.create(tmp_path / "runs", ModelConfig(), TrainConfig(**recipe), name="parent")
+    save_checkpoint(run.path / "last.pt", build_model(ModelConfig()))
+    return run
+
+
+def test_runs_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("MNIST_LAB_RUNS", raising=False)
+    assert lab.runs_dir() == lab.DEFAULT_RUNS_DIR
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path))
+    assert lab.runs_dir() == tmp_path
+
+
+def test_continue_keeps_the_recipe_and_numbers_on(started, tmp_path):
+    run = parent_run(tmp_path, epochs=3, lr=0.05, seed=7)
+    lab.continue_run(run, 1)
+    [(d, model, recipe, kw)] = started
+    assert d == tmp_path / "runs" and model == ModelConfig()
+    assert (recipe.epochs, recipe.lr, recipe.seed, recipe.start_epoch) == (1, 0.05, 7, 0)
+    assert recipe.init_checkpoint == str(run.path / "last.pt")
+    assert kw == {"parent": "parent", "target": "Continue parent for 1 epoch"}
+
+
+def test_fine_tune_adds_the_drawings_gently(started, tmp_path):
+    run = parent_run(tmp_path, batch_size=256, augment=6.0, seed=3)
+    lab.fine_tune(run, tmp_path / "hw", epochs=2, limit_train=10000)
+    [(_, _, recipe, kw)] = started
+    assert (recipe.batch_size, recipe.lr, recipe.scheduler, recipe.augment, recipe.seed) == (128, 0.01, "none", 6.0, 3)
+    assert recipe.handwriting == str(tmp_path / "hw") and recipe.limit_train == 10000 and kw["parent"] == "parent"
+
+
+def test_ab_needs_the_template_and_differs_only_in_batchnorm(started, tmp_path):
+    recipe = TrainConfig(epochs=1, seed=5)
+    lab.start_ab_batchnorm(ModelConfig.template((8, 8, 8, 8, 8, 8), dropout=0.1), recipe)
+    (_, bn, t1, s1), (_, nobn, t2, s2) = started
+    assert t1 == t2 == recipe
+    assert bn.template_settings() == ((8, 8, 8, 8, 8, 8), True, 0.1)
+    assert nobn.template_settings() == ((8, 8, 8, 8, 8, 8), False, 0.1)
+    assert s1["name"].endswith("-bn") and s2["name"].endswith("-nobn")
+    with pytest.raises(RunError, match="reference skeleton"):
+        lab.start_ab_batchnorm(ModelConfig.parse("conv8 relu gap conv10k1"), recipe)
+
+
+def test_a_run_without_settings_cannot_be_continued(started, tmp_path):
+    run = parent_run(tmp_path)
+    (run.path / "config.json").write_text("{}")
+    with pytest.raises(RunError, match="no 'model' section"):
+        lab.continue_run(run, 1)
+    assert started == []
