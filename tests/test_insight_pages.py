@@ -131,7 +131,8 @@ def test_draw_saves_to_my_handwriting_and_scores_it(drawn, hw_dir):
     mine = tab(at, "Your handwriting")
     assert any(m.startswith("**The chosen model on your 1 drawing: 100.0%**") for m in texts(mine.markdown))
     per = mine.dataframe[0].value.set_index("digit")
-    assert per.loc[7, "drawings"] == 1 and per.loc[7, "accuracy %"] == 100.0
+    assert per.loc[7, "drawings"] == 1 and per.loc[7, "accuracy %"] == "100.0"
+    assert per.loc[3, "accuracy %"] == "–"  # no drawing of a 3 yet: a dash, not "None"
     assert per["drawings"].sum() == 1
 
 

@@ -233,6 +233,7 @@ def test_runs_lists_the_run_shows_its_card_and_deletes_after_confirmation(app, r
     assert df["name"].tolist() == ["tiny"]
     row = df.iloc[0]
     assert row["status"] == "finished" and row["epochs"] == "1/1" and row["params"] == 9596
+    assert row["test %"] == f"{Run(runs_dir / 'tiny').summary()['best test acc']:.2f}"
     card = (finished_run.path / "card.md").read_text()
     assert card.strip() in [m.strip() for m in texts(app.markdown)]
     assert "**RESULTS:**" in card
@@ -251,3 +252,10 @@ def test_runs_lists_the_run_shows_its_card_and_deletes_after_confirmation(app, r
     assert not app.exception
     assert not finished_run.path.exists()
     assert any("No run yet" in i for i in texts(app.info))
+
+
+def test_runs_table_writes_a_dash_for_a_run_with_no_epoch(app, runs_dir):
+    Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=3), name="waiting")
+    page(app, "views/runs.py")
+    row = app.dataframe[0].value.iloc[0]
+    assert row["name"] == "waiting" and row["test %"] == "–" and row["train %"] == "–"

@@ -117,12 +117,11 @@ def your_handwriting(model, pre: Preprocessed, digit: int) -> None:
         p = probabilities(model, normalize(x)).numpy()
         pred = p.argmax(1)
         yy = y.numpy()
-        per = [{"digit": d, "drawings": int((yy == d).sum()),
-                "accuracy %": round(100 * float((pred[yy == d] == d).mean()), 1) if (yy == d).any() else None}
+        per = [{"digit": d, "drawings": int((yy == d).sum()),  # "–": no drawings of that digit yet
+                "accuracy %": f"{100 * float((pred[yy == d] == d).mean()):.1f}" if (yy == d).any() else "–"}
                for d in range(10)]
         st.markdown(f"**The chosen model on your {plural(len(x), 'drawing')}: {100 * float((pred == yy).mean()):.1f}%**")
-        st.dataframe(pd.DataFrame(per).style.format({"accuracy %": "{:.1f}"}, na_rep="–"),  # "–": no drawings
-                     hide_index=True, width="stretch", height=250)
+        st.dataframe(pd.DataFrame(per), hide_index=True, width="stretch", height=250)
     parents = lab.runs_with_checkpoints()
     if not parents:
         st.caption("Fine-tuning starts from a run: train one first.")

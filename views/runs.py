@@ -17,8 +17,10 @@ COLUMNS = {"name": "name", "best test acc": "test %", "best train acc": "train %
            "epochs": "epochs", "status": "status", "architecture": "architecture", "created": "created"}
 df = pd.DataFrame([r.summary() for r in runs])[list(COLUMNS)].rename(columns=COLUMNS)
 df["created"] = df["created"].str.replace("T", " ").str.slice(0, 16)
-st.dataframe(  # a run with no epoch yet shows "–", not "None"
-    df.style.format({"test %": "{:.2f}", "train %": "{:.2f}", "params": "{:,.0f}"}, na_rep="–"),
+for col in ("test %", "train %"):  # a run with no epoch yet shows "–": the grid would write "None"
+    df[col] = [f"{v:.2f}" if v is not None and v == v else "–" for v in df[col]]
+st.dataframe(
+    df.style.format({"params": "{:,.0f}"}, na_rep="–"),
     hide_index=True, width="stretch",
     column_config={"test %": st.column_config.Column(help="best test accuracy over the epochs"),
                    "train %": st.column_config.Column(help="best train accuracy over the epochs")},
