@@ -65,8 +65,22 @@ def read_bytes(path: str | Path, limit: int, follow_links: bool = True) -> bytes
         os.close(fd)
 
 
-def read_text(path: str | Path, limit: int = SMALL_FILE_BYTES, follow_links: bool = True) -> str:
-    return read_bytes(path, limit, follow_links).decode("utf-8", errors="replace")
+def read_tail(path: str | Path, size: int, follow_links: bool = False) -> bytes:
+    """The last `size` bytes of a regular file (a log of any length); UnreadableFile as read_bytes."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow_links:
+            raise UnreadableFile(f"{path}: is a symbolic link; only the run's own files are read") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFile(f"{path}: is {_kind(st.st_mode)}, not a file")
+        return os.pread(fd, size, max(0, st.st_size - size))
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str | Path, default=None, follow_links: bool = False):
@@ -76,14 +90,6 @@ def read_json(path: str | Path, default=None, follow_links: bool = False):
         return json.loads(read_bytes(path, SMALL_FILE_BYTES, follow_links))
     except (OSError, ValueError, RecursionError):  # UnreadableFile and JSON's errors are ValueErrors
         return default
-
-
-def is_regular(path: str | Path) -> bool:
-    """A regular file, not reached through a symbolic link."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

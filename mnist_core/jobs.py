@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
-from mnist_core.files import UnreadableFile, describe_os_error, read_bytes
+from mnist_core.files import UnreadableFile, describe_os_error, read_tail
 from mnist_core.runs import Run, RunError, list_runs
 from mnist_core.runner import write_card
 from mnist_core.train import check_can_train
@@ -211,7 +211,7 @@ def refresh_all(runs_dir: Path) -> list[Run]:
 
 def _last_log_line(run: Run) -> str:
     try:
-        data = read_bytes(run.path / "train.log", 64 * 1024 * 1024, follow_links=False)
+        data = read_tail(run.path / "train.log", 64 * 1024)  # the end of a log of any length
     except (OSError, UnreadableFile):
         return "no log"
     lines = [l for l in data.decode("utf-8", errors="replace").splitlines() if l.strip()]
