@@ -124,13 +124,13 @@ with left, st.expander("Train A/B: BatchNorm on vs off"):
     with st.form("ab", enter_to_submit=False):  # two trainings start only from the button, never from Enter
         base = saved_settings()
         epochs = st.number_input("Epochs", 1, 100, base.epochs, key="ab_epochs")
-        sizes = [None] + sorted({base.limit_train or 10000, 10000, 5000, 2000}, reverse=True)
-        size = st.selectbox("Training images", sizes, index=sizes.index(base.limit_train), key="ab_size",
-                            format_func=lambda n: "all 60,000" if n is None else f"{n:,}")
+        sizes = [0] + sorted({base.limit_train or 10000, 10000, 5000, 2000}, reverse=True)  # 0: all of them
+        size = st.selectbox("Training images", sizes, index=sizes.index(base.limit_train or 0), key="ab_size",
+                            format_func=lambda n: f"{n:,}" if n else "all 60,000")
         launch = st.form_submit_button("Train A/B")
     if launch:
         try:
-            runs = lab.start_ab_batchnorm(cfg, replace(base, epochs=int(epochs), limit_train=size))
+            runs = lab.start_ab_batchnorm(cfg, replace(base, epochs=int(epochs), limit_train=size or None))
             st.success(f"Started {runs[0].name}, then {runs[1].name}. Follow them on the Train page.")
         except (ConfigError, RunError, jobs.Busy) as e:
             st.error(str(e))

@@ -23,13 +23,16 @@ TEST_SIZES = sorted({5000, 2000, 1000} | {p.train.limit_test for p in PRESETS.va
                     reverse=True)
 
 
-def size_options(sizes: list[int], current: int | None) -> list[int | None]:
-    """None (all images) first, then the sizes, the current value among them whatever it is."""
-    return [None] + sorted(set(sizes) | ({current} if current else set()), reverse=True)
+ALL = 0  # the choice "all images" (a select box shows None as no choice at all)
+
+
+def size_options(sizes: list[int], current: int) -> list[int]:
+    """ALL first, then the sizes, the current value among them whatever it is."""
+    return [ALL] + sorted(set(sizes) | ({current} if current else set()), reverse=True)
 
 
 def size_label(total: int):
-    return lambda n: f"all {total:,}" if n is None else f"{n:,}"
+    return lambda n: f"all {total:,}" if n == ALL else f"{n:,}"
 FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", "seed", "device", "precision",
           "ema")
 
@@ -37,8 +40,8 @@ FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", 
 def set_hyper(cfg: TrainConfig) -> None:
     for f in FIELDS:
         st.session_state[f"tr_{f}"] = getattr(cfg, f)
-    st.session_state.tr_size = cfg.limit_train
-    st.session_state.tr_test_size = cfg.limit_test
+    st.session_state.tr_size = cfg.limit_train or ALL
+    st.session_state.tr_test_size = cfg.limit_test or ALL
 
 
 def on_preset():
@@ -59,11 +62,11 @@ with st.expander("Settings", expanded=True):
     c1, c2, c3, c4 = st.columns(4)
     c1.number_input("Epochs", 1, 100, key="tr_epochs")
     c2.selectbox("Batch size", [16, 32, 64, 128, 256, 512], key="tr_batch_size")
-    c3.number_input("Learning rate", min_value=0.0, max_value=10.0, step=0.005, format="%.4f", key="tr_lr",
+    c3.number_input("Learning rate", min_value=0.0, max_value=10.0, step=0.005, format="%g", key="tr_lr",
                     help="peak rate for OneCycle; must be above 0")
     c4.selectbox("LR schedule", SCHEDULERS, key="tr_scheduler")
     c1, c2, c3, c4 = st.columns(4)
-    c1.number_input("Weight decay", min_value=0.0, max_value=1.0, step=1e-4, format="%.5f", key="tr_weight_decay")
+    c1.number_input("Weight decay", min_value=0.0, max_value=1.0, step=1e-4, format="%g", key="tr_weight_decay")
     c2.slider("Augmentation (rotation degrees)", 0.0, 20.0, step=0.5, key="tr_augment",
               help="random rotation up to this angle, with a matching small shift and scale; 0 = off")
     c3.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
@@ -73,7 +76,7 @@ with st.expander("Settings", expanded=True):
     c1.selectbox("Device", DEVICES, key="tr_device")
     c2.selectbox("Precision", PRECISIONS, key="tr_precision",
                  help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs")
-    c3.number_input("Weight average (EMA decay)", min_value=0.0, max_value=0.9999, step=0.001, format="%.4f",
+    c3.number_input("Weight average (EMA decay)", min_value=0.0, max_value=0.9999, step=0.001, format="%g",
                     key="tr_ema", help="a moving average of the weights (and BatchNorm statistics), updated every "
                     "step, is what is tested and saved: smoother and usually better than the last weights; "
                     "0.998 averages over about the last 500 steps; 0 = off")
@@ -87,8 +90,8 @@ with st.expander("Settings", expanded=True):
 
 def page_settings() -> dict:
     """The settings as the widgets hold them, as TrainConfig's keyword arguments."""
-    return {**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, "limit_train": st.session_state.tr_size,
-            "limit_test": st.session_state.tr_test_size}
+    return {**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, "limit_train": st.session_state.tr_size or None,
+            "limit_test": st.session_state.tr_test_size or None}
 
 
 save_settings(page_settings())
@@ -96,9 +99,9 @@ save_settings(page_settings())
 if started := st.session_state.pop("tr_started", None):  # set just before the rerun below
     st.toast(f"Started {started}")
 active = lab.active()
-b1, b2, _ = st.columns([1, 1, 4])
-start = b1.button("Start training", type="primary", disabled=bool(active))
-stop = b2.button("Stop", disabled=not active)
+with st.container(horizontal=True):  # buttons as wide as their labels, at any window width
+    start = st.button("Start training", type="primary", disabled=bool(active))
+    stop = st.button("Stop", disabled=not active)
 
 if start:
     try:
