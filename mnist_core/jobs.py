@@ -17,6 +17,7 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from pathlib import Path
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.files import UnreadableFile, describe_os_error, read_tail
-from mnist_core.runs import Run, RunError, list_runs
+from mnist_core.runs import NAME_RE, Run, RunError, list_runs
 from mnist_core.runner import write_card
 from mnist_core.train import check_can_train
 
@@ -43,14 +44,17 @@ class Busy(RuntimeError):
 def active(runs_dir: Path) -> str | None:
     """Name of the run that holds the training lock, or None when no training runs."""
     lock = Path(runs_dir) / LOCK_NAME
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
+    try:  # the runs folder is input too: a pipe in the lock's place must not hang every page
+        fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return lock.read_text().strip() or "?"
+        name = os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip()
+        return name if NAME_RE.match(name) else "?"
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

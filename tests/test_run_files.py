@@ -207,6 +207,12 @@ def test_metrics_are_read_incrementally_and_kept_bounded(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_pipe_in_place_of_the_training_lock_hangs_nothing(tmp_path):
+    os.mkfifo(tmp_path / jobs.LOCK_NAME)
+    assert jobs.active(tmp_path) is None
+
+
+@pytest.mark.timeout(60)
 def test_pids_that_are_not_processes_of_ours(sleeper):
     for pid in (None, 0, -1, 1, "123", [1], 10**30, 1.5, True, 2**22 + 1):
         assert not jobs.pid_alive(pid), pid
