@@ -81,3 +81,28 @@ def test_the_model_description_imports_no_torch():
     code = ("import sys, mnist_core.config as c, mnist_core.spec as s; s.plan(s.template()); c.ModelConfig(); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+HEAVY = ("torch", "torchinfo", "pandas", "pyarrow", "plotly.graph_objects", "PIL.Image", "streamlit.dataframe_util")
+
+
+@pytest.mark.process
+def test_no_page_imports_a_heavy_module_that_app_py_has_not(tmp_path):
+    """Sessions starting together would import them in parallel threads, and Python's import locks
+    can hand one a half-made module ("partially initialized module 'pandas'"): app.py imports them
+    all first, so every page finds them loaded."""
+    code = f"""
+import os, sys
+os.environ["MNIST_LAB_RUNS"] = {str(tmp_path)!r}
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({str(ROOT / "app.py")!r}, default_timeout=300).run()
+loaded = set(sys.modules)
+late = {{}}
+for page in ("views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py", "views/home.py"):
+    at.switch_page(page).run()
+    late[page] = sorted(m for m in {HEAVY!r} if m in sys.modules and m not in loaded)
+print(late)
+assert not any(late.values()), late
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr[-2000:]

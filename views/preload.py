@@ -8,7 +8,10 @@ under this module's import lock; the others wait for it, then find them loaded.
 
 import numpy  # noqa: F401
 import pandas  # noqa: F401
+import pandas.core.frame  # noqa: F401
 import plotly.graph_objects  # noqa: F401
+import pyarrow  # noqa: F401  (st.dataframe's serialisation)
+import streamlit.dataframe_util  # noqa: F401
 import torch  # noqa: F401
 import torchinfo  # noqa: F401
 from PIL import Image  # noqa: F401
