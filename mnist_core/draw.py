@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 import torch.nn.functional as F
 
 from mnist_core.data import normalize
@@ -195,6 +195,11 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
                 if w * h > MAX_PIXELS:
                     raise ImageError(f"{name}: {w}x{h} pixels is more than the {MAX_PIXELS / 1e6:.0f} million "
                                      "an image of a digit needs; scale it down")
+                im = ImageOps.exif_transpose(im)  # a phone photo, upright as its camera meant it
+                if im.mode.startswith("I") or im.mode == "F":  # 16-bit or float scans: keep their levels
+                    a = np.asarray(im, dtype=np.float32)
+                    top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+                    return np.clip(a / top, 0, 1)
                 im = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("L")
                 return np.asarray(im)
     except ImageError:

@@ -118,3 +118,20 @@ def test_draw_page_reads_an_uploaded_photo(app, mnist):
     assert not app.exception and any("No digit in paper.png" in i for i in texts(app.info)), texts(app.info)
     app.file_uploader(key="draw_photo").set_value(("notes.png", b"not an image", "image/png")).run()
     assert not app.exception and texts(app.error) == ["notes.png: not a readable image (UnidentifiedImageError)"]
+
+
+def test_a_16_bit_scan_and_a_rotated_phone_photo_read_right(bundled, mnist):
+    """A 16-bit scan keeps its levels (converting to 8 bits clipped them all to white), and a
+    photo whose camera stored it sideways is read upright, as its EXIF orientation says."""
+    paper = on_paper(mnist.test_x[0].numpy(), "grey 200", seed=0)  # a 7
+    assert int(mnist.test_y[0]) == 7
+    buf = io.BytesIO()
+    Image.fromarray(paper.astype(np.uint16) * 257).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    assert predict(bundled, load_image(buf.getvalue(), "scan.png"))[0] == 7
+    sideways = Image.fromarray(paper).transpose(Image.Transpose.ROTATE_90)  # as the sensor stored it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    buf = io.BytesIO()
+    sideways.save(buf, format="JPEG", exif=exif, quality=95)
+    assert predict(bundled, load_image(buf.getvalue(), "phone.jpg"))[0] == 7
