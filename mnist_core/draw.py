@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from mnist_core.data import normalize
 from mnist_core.files import UnreadableFile, read_bytes
+from mnist_core.train import evaluate
 
 INK_THRESHOLD = 0.1  # ink level (0..1) that counts as drawn
 INK_SIGMAS = 5.0  # paper: ink must stand this many robust standard deviations above the paper's noise
@@ -210,12 +211,9 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
         raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
 
 
-@torch.no_grad()
 def probabilities(model, x: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities (B, 10) for normalised inputs (B, 1, 28, 28)."""
-    model.eval()
-    device = next(model.parameters()).device
-    return F.softmax(model(x.to(device)), dim=1).cpu()
+    return evaluate(model, x).probs().cpu()
 
 
 def predict(model, image: np.ndarray) -> tuple[int, np.ndarray, Preprocessed]:

@@ -10,6 +10,7 @@ never leaves half a file. Imports nothing of the project.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,10 +33,11 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_bytes(path: str | Path, limit: int, follow_links: bool = True) -> bytes:
-    """At most `limit` bytes of a regular file. FileNotFoundError when it is missing;
-    UnreadableFile (naming the file and why) for a pipe, device, directory, a link when
-    follow_links is False, or more than `limit` bytes; OSError for the rest."""
+@contextlib.contextmanager
+def open_regular(path: str | Path, follow_links: bool = True):
+    """(fd, stat) of a regular file, opened without blocking (a named pipe cannot hang the caller)
+    and, with follow_links=False, never through a symbolic link; closed on leaving. FileNotFoundError
+    when it is missing; UnreadableFile naming the file for a pipe, device, directory or link."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
@@ -49,6 +51,15 @@ def read_bytes(path: str | Path, limit: int, follow_links: bool = True) -> bytes
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnreadableFile(f"{path}: is {_kind(st.st_mode)}, not a file")
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: str | Path, limit: int, follow_links: bool = True) -> bytes:
+    """At most `limit` bytes of a regular file (see open_regular); UnreadableFile also for more
+    than `limit` bytes; OSError for the rest."""
+    with open_regular(path, follow_links) as (fd, st):
         if st.st_size > limit:
             raise UnreadableFile(f"{path}: {st.st_size / 1e6:.1f} MB is more than the {limit / 1e6:.0f} MB allowed")
         chunks, size = [], 0
@@ -61,26 +72,12 @@ def read_bytes(path: str | Path, limit: int, follow_links: bool = True) -> bytes
         if size > limit:
             raise UnreadableFile(f"{path}: more than the {limit / 1e6:.0f} MB allowed")
         return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def read_tail(path: str | Path, size: int, follow_links: bool = False) -> bytes:
-    """The last `size` bytes of a regular file (a log of any length); UnreadableFile as read_bytes."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP and not follow_links:
-            raise UnreadableFile(f"{path}: is a symbolic link; only the run's own files are read") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnreadableFile(f"{path}: is {_kind(st.st_mode)}, not a file")
+    """The last `size` bytes of a regular file (a log of any length); errors as open_regular."""
+    with open_regular(path, follow_links) as (fd, st):
         return os.pread(fd, size, max(0, st.st_size - size))
-    finally:
-        os.close(fd)
 
 
 def read_json(path: str | Path, default=None, follow_links: bool = False):

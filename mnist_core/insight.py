@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES, inspect_archive
-from mnist_core.data import normalize
 from mnist_core.files import atomic_write_bytes, read_bytes
 from mnist_core.model import Net
 from mnist_core.model import summary
+from mnist_core.train import evaluate
 
 CACHE_FORMAT = "mnist-lab-eval/2"  # /2: probabilities kept in float32, so predictions match the training's own test
 
@@ -56,11 +55,9 @@ class Evaluation:
         return idx[np.argsort(-self.probs[idx, predicted])]
 
 
-@torch.no_grad()
 def evaluate_probs(model: Net, x: torch.Tensor, batch_size: int = 2000) -> np.ndarray:
-    model.eval()
-    out = [F.softmax(model(normalize(x[i : i + batch_size])), 1) for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy().astype(np.float32)
+    """(N, 10) float32 probabilities for uint8 images x (N, 28, 28)."""
+    return evaluate(model, x, batch_size=batch_size).probs().cpu().numpy().astype(np.float32)
 
 
 def file_sha256(path: Path) -> str:
@@ -162,17 +159,21 @@ def tile(maps: np.ndarray, cols: int | None = None, pad: int = 1, scale_each: bo
     return out
 
 
-def inference_ms(model: Net, repeat: int = 50) -> float:
-    """Median wall time of one single-image forward pass, in ms."""
+def inference_ms(model: Net, repeat: int = 50, budget_ms: float | None = None) -> float:
+    """Median wall time of one single-image forward pass, in ms: `repeat` passes after a warm-up,
+    or fewer (three at least) once `budget_ms` of measuring is spent."""
     model.eval()
     x = torch.zeros(1, 1, 28, 28)
     with torch.no_grad():
         model(x)
         samples = []
+        start = time.perf_counter()
         for _ in range(repeat):
             t = time.perf_counter()
             model(x)
             samples.append((time.perf_counter() - t) * 1000)
+            if budget_ms is not None and len(samples) >= 3 and (time.perf_counter() - start) * 1000 > budget_ms:
+                break
     return statistics.median(samples)
 
 

@@ -17,7 +17,6 @@ import fcntl
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
-from mnist_core.files import UnreadableFile, describe_os_error, read_tail
+from mnist_core.files import UnreadableFile, describe_os_error, open_regular, read_tail
 from mnist_core.runs import NAME_RE, Run, RunError, list_runs
 from mnist_core.runner import write_card
 from mnist_core.train import check_can_train
@@ -45,21 +44,16 @@ def active(runs_dir: Path) -> str | None:
     """Name of the run that holds the training lock, or None when no training runs."""
     lock = Path(runs_dir) / LOCK_NAME
     try:  # the runs folder is input too: a pipe in the lock's place must not hang every page
-        fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        with open_regular(lock, follow_links=False) as (fd, _):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                name = os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip()
+                return name if NAME_RE.match(name) else "?"
+            fcntl.flock(fd, fcntl.LOCK_UN)
             return None
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        name = os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip()
-        return name if NAME_RE.match(name) else "?"
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    except (OSError, UnreadableFile):
         return None
-    finally:
-        os.close(fd)
 
 
 def start(runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: str | None = None,
@@ -109,9 +103,9 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
             try:
                 run.set_status("running" if i == 0 else "queued", pid=proc.pid)
             except OSError:
-                pass  # a disk that filled just now: the process reports for itself, or refresh() does
+                pass  # a disk that filled just now: the process reports for itself, or _watch does
         _children[proc.pid] = proc
-        threading.Thread(target=proc.wait, daemon=True).start()  # reap it, so it never lingers as a zombie
+        threading.Thread(target=_watch, args=(proc, runs), daemon=True).start()
         return runs
     finally:
         os.close(fd)  # the child's inherited copy keeps the lock
@@ -172,45 +166,54 @@ def pid_alive(pid) -> bool:
     return stat.split(")")[-1].split()[0] != "Z" and b"mnist_core" in cmdline
 
 
-def refresh(run: Run) -> str:
-    """The run's status, after marking a running or queued run whose process is gone as failed or interrupted."""
-    status = run.status
-    state = status.get("status", "unknown")
-    if state not in ("running", "queued") or pid_alive(status.get("pid")):
-        return state
-    status = run.status  # re-read: the process may have written its final status meanwhile
-    if status.get("status") not in ("running", "queued"):
-        return status.get("status", "unknown")
-    if status.get("status") == "queued":
-        reason = "the training process ended before this queued run's turn"
-        try:
-            run.set_status("interrupted", reason=reason)
-        except OSError:
-            pass
-        return "interrupted"
-    pid = status.get("pid")
+def status(run: Run) -> dict:
+    """The run's status.json as it stands, except that a running or queued run whose process is
+    gone reads as failed or interrupted, with the reason. Reading never writes: the final status
+    is written by the training process itself or, when it dies without one, by `_watch`."""
+    current = run.status
+    if current.get("status") not in ("running", "queued") or pid_alive(current.get("pid")):
+        return current
+    current = run.status  # re-read: the process may have written its final status meanwhile
+    if current.get("status") not in ("running", "queued"):
+        return current
+    return {**current, **_ending(run, current)}
+
+
+def state(run: Run) -> str:
+    """'running', 'queued', 'finished', 'stopped', 'failed', 'interrupted' or 'unknown'."""
+    return str(status(run).get("status", "unknown"))
+
+
+def _ending(run: Run, current: dict) -> dict:
+    """The status and reason of a run whose process ended without writing a final status."""
+    if current.get("status") == "queued":
+        return {"status": "interrupted", "reason": "the training process ended before this queued run's turn"}
+    pid = current.get("pid")
     proc = _children.get(pid) if isinstance(pid, int) else None
     code = proc.returncode if proc is not None else None
     if code is not None and code < 0:
-        state, reason = "failed", f"the training process was killed by signal {-code} ({signal.Signals(-code).name})"
-    elif code is not None and code != 0:
-        state, reason = "failed", f"the training process exited with code {code}: {_last_log_line(run)}"
-    else:
-        state, reason = "interrupted", ("the training process ended without a final status after "
-                                        f"{plural(len(run.epochs()), 'epoch')}")
-    try:  # a full or read-only disk must not take the page down: the state is still known
-        run.set_status(state, reason=reason)
-        write_card(run)
-    except OSError:
-        pass
-    return state
+        return {"status": "failed",
+                "reason": f"the training process was killed by signal {-code} ({signal.Signals(-code).name})"}
+    if code is not None and code != 0:
+        return {"status": "failed", "reason": f"the training process exited with code {code}: {_last_log_line(run)}"}
+    return {"status": "interrupted",
+            "reason": f"the training process ended without a final status after {plural(len(run.epochs()), 'epoch')}"}
 
 
-def refresh_all(runs_dir: Path) -> list[Run]:
-    runs = list_runs(runs_dir)
+def _watch(proc: subprocess.Popen, runs: list[Run]) -> None:
+    """Wait for a training process of this app (reaping it, so it never lingers as a zombie); if it
+    ended without writing its runs' final status (killed, out of memory), write it and the card."""
+    proc.wait()
     for run in runs:
-        refresh(run)
-    return runs
+        current = run.status
+        if current.get("status") not in ("running", "queued"):
+            continue
+        ending = _ending(run, current)
+        try:  # a full or read-only disk: the state is still derived on every read
+            run.set_status(ending["status"], reason=ending["reason"])
+            write_card(run)
+        except OSError:
+            pass
 
 
 def _last_log_line(run: Run) -> str:
@@ -225,7 +228,7 @@ def _last_log_line(run: Run) -> str:
 def delete(run: Run) -> None:
     """Remove a run directory; refuses a run that is still training. A disk that will not let go
     (read-only, say) is a RunError naming the file."""
-    if refresh(run) == "running":
+    if state(run) == "running":
         raise RunError(f"run {run.name!r} is still training: stop it first")
     try:
         shutil.rmtree(run.path)

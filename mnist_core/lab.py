@@ -16,6 +16,7 @@ from pathlib import Path
 from mnist_core import export, jobs
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.runner import card_markdown
 from mnist_core.runs import Run, RunError, list_runs, new_run_name
 
 DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
@@ -27,8 +28,28 @@ def runs_dir() -> Path:
 
 
 def all_runs() -> list[Run]:
-    """Every run, newest first, each with its status brought up to date."""
-    return jobs.refresh_all(runs_dir())
+    """Every run, newest first."""
+    return list_runs(runs_dir())
+
+
+def status(run: Run) -> dict:
+    """The run's status, a run whose process is gone read as failed or interrupted (jobs.status)."""
+    return jobs.status(run)
+
+
+def summary(run: Run) -> dict:
+    """The run's row for the runs table, with its status as jobs.status reads it."""
+    return run.summary(jobs.status(run))
+
+
+def card_text(run: Run) -> str | None:
+    """The run's card; for a run whose process died without its final status, the card is made
+    afresh with the status it reads as (the card.md on disk still says running)."""
+    text = run.card_text()
+    current = jobs.status(run)
+    if text is None or current.get("status") == run.status.get("status"):
+        return text
+    return card_markdown(run, current.get("status"))
 
 
 def active() -> str | None:
@@ -41,18 +62,22 @@ def start(model: ModelConfig, recipe: TrainConfig, name: str | None = None, targ
 
 
 def start_ab_batchnorm(model: ModelConfig, recipe: TrainConfig) -> list[Run]:
-    """Two runs of the model's template, BatchNorm on then off, all else equal (the same seed and
-    data order), trained one after the other."""
+    """Two runs, BatchNorm on then off, all else equal (the same seed and data order), trained one
+    after the other. For the template the pair is its BN and no-BN forms; for any other list,
+    the list as it is and the list without its BatchNorm layers."""
     settings = model.template_settings()
-    if settings is None:
-        raise RunError("A/B of BatchNorm needs the reference skeleton (the sliders' family); this model "
-                       "is another shape")
-    widths, _, dropout = settings
+    if settings is not None:
+        widths, _, dropout = settings
+        pair = [ModelConfig.template(widths, bn, dropout) for bn in (True, False)]
+    elif any(lay.type == "bn" for lay in model.layers):
+        pair = [model, ModelConfig(tuple(lay for lay in model.layers if lay.type != "bn"))]
+    else:
+        raise RunError("A/B of BatchNorm: this model has no BatchNorm layer to take out; add bn after its "
+                       "convolutions first")
     stamp = new_run_name(runs_dir(), "ab")
-    specs = [dict(model_cfg=ModelConfig.template(widths, bn, dropout), train_cfg=recipe,
-                  name=f"{stamp}-{'bn' if bn else 'nobn'}",
+    specs = [dict(model_cfg=cfg, train_cfg=recipe, name=f"{stamp}-{'bn' if bn else 'nobn'}",
                   target=f"A/B: BatchNorm {'on' if bn else 'off'}, all else equal")
-             for bn in (True, False)]
+             for cfg, bn in zip(pair, (True, False))]
     return jobs.start_queue(runs_dir(), specs)
 
 
@@ -107,4 +132,4 @@ def torchscript(model) -> bytes:
 
 def runs_with_checkpoints() -> list[Run]:
     """Runs that can be continued or fine-tuned: a last.pt, and not training now."""
-    return [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and r.status.get("status") != "running"]
+    return [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and jobs.state(r) != "running"]

@@ -20,13 +20,17 @@ from mnist_core.runs import Run
 from mnist_core.train import train
 
 
-def write_card(run: Run) -> None:
-    cfg = run.config
+def card_markdown(run: Run, status: str | None = None) -> str:
+    """The run's card from its files; `status` in place of status.json's when given."""
     try:
         table = summary_text(run.model_config())
     except (ConfigError, KeyError):
         table = ""
-    atomic_write_text(run.path / "card.md", render_card(cfg, run.epochs(), run.status.get("status", "unknown"), table))
+    return render_card(run.config, run.epochs(), status or run.status.get("status", "unknown"), table)
+
+
+def write_card(run: Run) -> None:
+    atomic_write_text(run.path / "card.md", card_markdown(run))
 
 
 def train_run(run: Run, data, progress=None, should_stop=None):

@@ -13,12 +13,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import re
 import shutil
-import stat
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ from mnist_core.files import (
     SMALL_FILE_BYTES,
     UnreadableFile,
     atomic_write_json,
+    open_regular,
     read_bytes,
     read_json,
 )
@@ -108,37 +107,26 @@ class MetricsLog:
         """Read what was appended; a missing file is an empty log, one that cannot be read says why in .error."""
         with self.lock:
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+                with open_regular(self.path, follow_links=False) as (fd, st):
+                    ident = (st.st_dev, st.st_ino)
+                    if ident != self.ident or st.st_size < self.offset:  # a new file, or one cut short
+                        self._reset(ident)
+                    while self.offset < st.st_size:
+                        chunk = os.pread(fd, min(self.CHUNK, st.st_size - self.offset), self.offset)
+                        if not chunk:
+                            break
+                        end = chunk.rfind(b"\n")
+                        if end < 0:
+                            if len(chunk) < self.CHUNK:
+                                break  # a line still being written: read it when it is whole
+                            end = len(chunk) - 1  # a line longer than a chunk is no record of ours: skip it
+                        self._parse(chunk[: end + 1])
+                        self.offset += end + 1
             except FileNotFoundError:
                 self._reset(None)
-                return self
-            except OSError as e:
+            except (OSError, UnreadableFile) as e:
                 self._reset(None)
-                self.error = f"{self.path}: is a symbolic link; not read" if e.errno == errno.ELOOP else \
-                    f"{self.path}: {e.strerror}"
-                return self
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    self._reset(None)
-                    self.error = f"{self.path}: is not a regular file; not read"
-                    return self
-                ident = (st.st_dev, st.st_ino)
-                if ident != self.ident or st.st_size < self.offset:  # a new file, or one cut short
-                    self._reset(ident)
-                while self.offset < st.st_size:
-                    chunk = os.pread(fd, min(self.CHUNK, st.st_size - self.offset), self.offset)
-                    if not chunk:
-                        break
-                    end = chunk.rfind(b"\n")
-                    if end < 0:
-                        if len(chunk) < self.CHUNK:
-                            break  # a line still being written: read it when it is whole
-                        end = len(chunk) - 1  # a line longer than a chunk is no record of ours: skip it
-                    self._parse(chunk[: end + 1])
-                    self.offset += end + 1
-            finally:
-                os.close(fd)
+                self.error = str(e) if isinstance(e, UnreadableFile) else f"{self.path}: {e.strerror}"
         return self
 
     def _parse(self, data: bytes) -> None:
@@ -382,9 +370,11 @@ class Run:
     def stop_requested(self) -> bool:
         return (self.path / "STOP").exists()
 
-    def summary(self) -> dict:
-        """One row for the runs table, from whatever files are readable."""
-        cfg, status, epochs = self.config, self.status, self.epochs()
+    def summary(self, status: dict | None = None) -> dict:
+        """One row for the runs table, from whatever files are readable; `status` in place of
+        status.json's when given (jobs.status, which knows whether the process is alive)."""
+        cfg, epochs = self.config, self.epochs()
+        status = self.status if status is None else status
         model, train = _mapping(cfg.get("model")), _mapping(cfg.get("train"))
         try:
             architecture = model_config_from_dict(model).describe()

@@ -56,22 +56,46 @@ def check_can_train(cfg: TrainConfig, train_size: int = 60000) -> None:
         raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set ({size} images)")
 
 
+@dataclass
+class Scores:
+    """A model's outputs on a set of images, with the labels when they were given."""
+
+    logits: torch.Tensor  # (N, 10) float32, on the model's device
+    labels: torch.Tensor | None = None  # (N,)
+
+    def probs(self) -> torch.Tensor:
+        return F.softmax(self.logits, dim=1)
+
+    @property
+    def correct(self) -> int:
+        return int((self.logits.argmax(1) == self.labels).sum().item())
+
+    @property
+    def acc(self) -> float:
+        """Accuracy in %."""
+        return 100.0 * self.correct / max(len(self.logits), 1)
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy."""
+        return F.cross_entropy(self.logits, self.labels, reduction="sum").item() / max(len(self.logits), 1)
+
+
 @torch.no_grad()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> tuple[float, float, int]:
-    """(mean loss, accuracy in %, correct count) on uint8 images x and labels y, in large batches."""
+def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 2000) -> Scores:
+    """The model's logits for images x, uint8 (N, 28, 28) as stored or float (N, 1, 28, 28) already
+    normalised, in batches and in eval mode (the model's mode is restored). The one evaluation:
+    the training's test pass, the Runs page's confusion matrix and the Draw page's reading."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    device = next(model.parameters()).device
+    out = []
     for start in range(0, len(x), batch_size):
-        logits = model(normalize(x[start : start + batch_size]))
-        yb = y[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
+        xb = x[start : start + batch_size].to(device)
+        out.append(model(normalize(xb) if xb.dtype == torch.uint8 else xb).float())
     model.train(was_training)
-    n = max(len(x), 1)
-    c = int(correct.item())
-    return loss_sum.item() / n, 100.0 * c / n, c
+    logits = torch.cat(out) if out else torch.zeros((0, 10), device=device)
+    return Scores(logits, None if y is None else y.to(device))
 
 
 def make_optimizer(model: Net, cfg: TrainConfig, steps_per_epoch: int):
@@ -148,8 +172,6 @@ def train(
     model = model.to(device)
     n = len(data.train_x)
     batches = math.ceil(n / cfg.batch_size)
-    # bf16 autocast: convolutions in bfloat16 (AMX / AVX-512 BF16 on recent CPUs: about 1.9x here)
-    bf16 = cfg.precision == "bf16"
     opt, sched, sched_per_batch = make_optimizer(model, cfg, batches)
     # With cfg.ema, a moving average of the weights and BatchNorm statistics is what is tested, saved
     # and returned; the optimizer keeps stepping the live weights.
@@ -157,66 +179,75 @@ def train(
     tested = average.module if average is not None else model
 
     t_start = time.perf_counter()
-    step, best_acc, best_epoch = cfg.start_epoch * batches, -1.0, 0
+    best_acc, best_epoch = -1.0, 0
     first, last = cfg.start_epoch + 1, cfg.start_epoch + cfg.epochs  # a resumed run continues the numbering
+    step = cfg.start_epoch * batches
     for epoch in range(first, last + 1):
-        model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        for b in range(batches):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = training_batch(data.train_x[idx], cfg.augment, gen)  # (B, 1, 28, 28)
-            y = data.train_y[idx]  # (B,)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x).float()  # (B, 10)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if average is not None:
-                average.update_parameters(model)
-            if sched_per_batch:
-                sched.step()
-            step += 1
-            seen += len(y)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-
-            # report: the one deliberate sync point per batch
-            callback(
-                {
-                    "kind": "batch", "epoch": epoch, "batch": b + 1, "batches": batches, "step": step,
-                    "loss": loss.item(), "acc": 100.0 * correct.item() / seen,
-                    "images_per_s": seen / (time.perf_counter() - t0),
-                }
-            )
-            if should_stop():
-                record = {"kind": "stopped", "epoch": epoch, "batch": b + 1, "step": step}
-                callback(record)
-                if checkpoint:
-                    checkpoint(tested, record, False)
-                return TrainResult(tested, epoch - first, True, max(best_acc, 0.0), best_epoch)
-
+        step, trained = train_epoch(model, opt, sched if sched_per_batch else None, average, data, cfg, gen, epoch,
+                                    step, callback, should_stop)
+        if trained is None:  # stopped mid-epoch
+            record = {"kind": "stopped", "epoch": epoch, "batch": step - (epoch - 1) * batches, "step": step}
+            callback(record)
+            if checkpoint:
+                checkpoint(tested, record, False)
+            return TrainResult(tested, epoch - first, True, max(best_acc, 0.0), best_epoch)
         lr = opt.param_groups[0]["lr"]  # the rate of this epoch's last step
         if sched is not None and not sched_per_batch:
             sched.step()
         train_seconds = time.perf_counter() - t0
-        test_loss, test_acc, test_correct = evaluate(tested, data.test_x, data.test_y, cfg.eval_batch_size)
+        test = evaluate(tested, data.test_x, data.test_y, cfg.eval_batch_size)
         record = {
-            "kind": "epoch", "epoch": epoch, "epochs": last,
-            "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
-            "test_loss": test_loss, "test_acc": test_acc,
-            "test_correct": test_correct, "test_total": len(data.test_x),
+            "kind": "epoch", "epoch": epoch, "epochs": last, **trained,
+            "test_loss": test.loss, "test_acc": test.acc, "test_correct": test.correct, "test_total": len(data.test_x),
             "lr": lr, "seconds": time.perf_counter() - t0, "elapsed": time.perf_counter() - t_start,
-            "images_per_s": seen / train_seconds,
+            "images_per_s": n / train_seconds,
         }
-        is_best = test_acc > best_acc
+        is_best = test.acc > best_acc
         if is_best:
-            best_acc, best_epoch = test_acc, epoch
+            best_acc, best_epoch = test.acc, epoch
         callback(record)
         if checkpoint:
             checkpoint(tested, record, is_best)
     return TrainResult(tested, cfg.epochs, False, best_acc, best_epoch)
+
+
+def train_epoch(model: Net, opt, batch_sched, average, data: MNIST, cfg: TrainConfig, gen: torch.Generator,
+                epoch: int, step: int, callback: Callback, should_stop: Callable[[], bool]) -> tuple[int, dict | None]:
+    """One pass over the shuffled training set, a "batch" record per step. Returns the step count
+    and {"train_loss", "train_acc"}, or None in its place when should_stop() said stop."""
+    model.train()
+    t0 = time.perf_counter()
+    device = data.train_x.device
+    n = len(data.train_x)
+    batches = math.ceil(n / cfg.batch_size)
+    bf16 = cfg.precision == "bf16"  # autocast: convolutions in bfloat16 (AMX / AVX-512 BF16: about 1.9x here)
+    perm = torch.randperm(n, device=device, generator=gen)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for b in range(batches):
+        idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x = training_batch(data.train_x[idx], cfg.augment, gen)  # (B, 1, 28, 28)
+        y = data.train_y[idx]  # (B,)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float()  # (B, 10)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if average is not None:
+            average.update_parameters(model)
+        if batch_sched is not None:
+            batch_sched.step()
+        step += 1
+        seen += len(y)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        # report: the one deliberate sync point per batch
+        callback({"kind": "batch", "epoch": epoch, "batch": b + 1, "batches": batches, "step": step,
+                  "loss": loss.item(), "acc": 100.0 * correct.item() / seen,
+                  "images_per_s": seen / (time.perf_counter() - t0)})
+        if should_stop():
+            return step, None
+    return step, {"train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen}

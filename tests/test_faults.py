@@ -195,7 +195,7 @@ def test_stop_saves_a_usable_checkpoint_and_marks_stopped(runs, mnist):
     jobs.stop(run)
     wait_gone(pid, 60)
     assert jobs._children[pid].returncode == 0
-    assert jobs.refresh(run) == "stopped"
+    assert jobs.state(run) == "stopped"
     records = run.metrics()
     assert records[-1]["kind"] == "stopped"
     model, meta = load_checkpoint(run.path / "last.pt")
@@ -214,9 +214,13 @@ def test_kill_9_of_the_training_marks_it_failed_and_keeps_its_epochs(runs):
     wait_for(lambda: len(run.epochs()) >= 2 and (run.path / "last.pt").exists(), 90, "two epochs")
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
-    assert jobs.refresh(run) == "failed"
-    assert "killed by signal 9" in run.status["reason"]
-    figure("kill_9.reason", run.status["reason"])
+    assert jobs.state(run) == "failed"
+    reason = jobs.status(run)["reason"]
+    assert "killed by signal 9" in reason
+    figure("kill_9.reason", reason)
+    # the app's watcher writes what reading only derives: the final status and the card
+    wait_for(lambda: "*status:* failed" in run.card_text(), 10, "the watcher to write the final status and card")
+    assert run.status["status"] == "failed" and run.status["reason"] == reason
     epochs = [e["epoch"] for e in run.epochs()]
     assert len(epochs) >= 2 and epochs == list(range(1, len(epochs) + 1))
     _, meta = load_checkpoint(run.path / "last.pt")
@@ -266,8 +270,8 @@ def test_out_of_memory_in_the_training_process_marks_it_failed(runs, tmp_path, m
     run = jobs.start(runs, ModelConfig(), tiny(epochs=5, n=320), name="oom")
     pid = run.status["pid"]
     wait_gone(pid, 90)
-    assert jobs.refresh(run) == "failed"
-    reason = run.status["reason"]
+    assert jobs.state(run) == "failed"
+    reason = jobs.status(run)["reason"]
     assert "can't allocate memory" in reason or "MemoryError" in reason, reason
     figure("out_of_memory.reason", reason)
     assert [e["epoch"] for e in run.epochs()] == [1]
@@ -360,7 +364,7 @@ def test_killing_the_app_server_leaves_the_training_running_and_shown(runs, tmp_
         server.wait(10)
         done = steps()
         assert jobs.pid_alive(pid), "the training died with the server"
-        assert jobs.refresh(run) == "running" and jobs.active(runs) == run.name
+        assert jobs.state(run) == "running" and jobs.active(runs) == run.name
         assert [r.summary()["status"] for r in list_runs(runs)] == ["running"]
         wait_for(lambda: steps() > done + 3, 60, "batches after the server died")  # still learning
 
@@ -394,9 +398,9 @@ def test_killing_the_app_server_leaves_the_training_running_and_shown(runs, tmp_
         wait_gone(pid)
         epochs = [e["epoch"] for e in run.epochs()]
         assert len(epochs) >= 1 and epochs == list(range(1, len(epochs) + 1))
-        assert jobs.refresh(run) == "interrupted"
-        assert f"after {len(epochs)} epoch{'' if len(epochs) == 1 else 's'}" in run.status["reason"]
-        figure("server_kill.then_training_killed.reason", run.status["reason"])
+        assert jobs.state(run) == "interrupted"
+        assert f"after {len(epochs)} epoch{'' if len(epochs) == 1 else 's'}" in jobs.status(run)["reason"]
+        figure("server_kill.then_training_killed.reason", jobs.status(run)["reason"])
         _, meta = load_checkpoint(run.path / "last.pt")
         assert meta["epoch"] in (epochs[-1], epochs[-1] - 1)
         # the lock goes with the process's files, a moment after its memory (what pid_alive reads)
@@ -901,9 +905,10 @@ def test_a_training_started_from_the_app_on_corrupted_data_fails_with_the_file_n
     monkeypatch.setenv("MNIST_LAB_DATA", str(data))
     run = jobs.start(runs, ModelConfig(), tiny(), name="bad-data")
     wait_gone(run.status["pid"], 90)
-    assert jobs.refresh(run) == "failed"
-    assert "train-images-idx3-ubyte.gz: SHA-256 checksum does not match" in run.status["reason"]
-    figure("data.corrupted.app_run_reason", run.status["reason"])
+    assert jobs.state(run) == "failed"
+    reason = jobs.status(run)["reason"]
+    assert "train-images-idx3-ubyte.gz: SHA-256 checksum does not match" in reason
+    figure("data.corrupted.app_run_reason", reason)
     assert run.metrics() == [] and not (run.path / "last.pt").exists()  # not one batch on wrong data
 
 

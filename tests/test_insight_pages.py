@@ -219,7 +219,7 @@ def test_runs_continue_starts_a_child_run(app, runs_dir, finished_run):
     finally:
         jobs.stop(child)
         wait_idle(runs_dir)
-    assert jobs.refresh(child) in ("stopped", "finished")
+    assert jobs.state(child) in ("stopped", "finished")
 
 
 def test_runs_export_uses_a_checkpoint_that_loads_and_says_why_not_the_other(app, finished_run):
@@ -277,7 +277,7 @@ def test_architecture_trains_ab_batchnorm_on_and_off(app, runs_dir):
         for p in runs:
             jobs.stop(Run(p))
         wait_idle(runs_dir)
-    assert [jobs.refresh(Run(p)) for p in runs] == ["finished", "finished"]
+    assert [jobs.state(Run(p)) for p in runs] == ["finished", "finished"]
     assert all(len(Run(p).epochs()) == 1 for p in runs)
     first, second = (Run(p).status for p in runs)  # one after the other
     assert first["started"] <= first["ended"] <= second["started"] <= second["ended"], (first, second)

@@ -53,7 +53,7 @@ def test_fine_tune_adds_the_drawings_gently(started, tmp_path):
     assert recipe.handwriting == str(tmp_path / "hw") and recipe.limit_train == 10000 and kw["parent"] == "parent"
 
 
-def test_ab_needs_the_template_and_differs_only_in_batchnorm(started, tmp_path):
+def test_ab_differs_only_in_batchnorm(started, tmp_path):
     recipe = TrainConfig(epochs=1, seed=5)
     lab.start_ab_batchnorm(ModelConfig.template((8, 8, 8, 8, 8, 8), dropout=0.1), recipe)
     (_, bn, t1, s1), (_, nobn, t2, s2) = started
@@ -61,8 +61,16 @@ def test_ab_needs_the_template_and_differs_only_in_batchnorm(started, tmp_path):
     assert bn.template_settings() == ((8, 8, 8, 8, 8, 8), True, 0.1)
     assert nobn.template_settings() == ((8, 8, 8, 8, 8, 8), False, 0.1)
     assert s1["name"].endswith("-bn") and s2["name"].endswith("-nobn")
-    with pytest.raises(RunError, match="reference skeleton"):
+    # any other shape: the list as it is, then without its BatchNorm layers
+    started.clear()
+    lab.start_ab_batchnorm(ModelConfig.parse("conv8p1 bn relu conv8s2 bn relu drop0.05 gap conv10k1"), recipe)
+    (_, a, _, _), (_, b, _, _) = started
+    assert a.text == "conv8p1 bn relu conv8s2 bn relu drop0.05 gap conv10k1"
+    assert b.text == "conv8p1 relu conv8s2 relu drop0.05 gap conv10k1"
+    started.clear()
+    with pytest.raises(RunError, match="no BatchNorm layer"):
         lab.start_ab_batchnorm(ModelConfig.parse("conv8 relu gap conv10k1"), recipe)
+    assert started == []
 
 
 def test_a_run_without_settings_cannot_be_continued(started, tmp_path):
@@ -71,3 +79,25 @@ def test_a_run_without_settings_cannot_be_continued(started, tmp_path):
     with pytest.raises(RunError, match="no 'model' section"):
         lab.continue_run(run, 1)
     assert started == []
+
+
+def test_reading_a_dead_runs_status_writes_nothing(monkeypatch, tmp_path):
+    """A run left 'running' by a process that is gone reads as interrupted on every page (table,
+    card, Train), while its files stay exactly as they are: only actions write."""
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path / "runs"))
+    run = Run.create(tmp_path / "runs", ModelConfig(), TrainConfig(epochs=3), name="orphan")
+    run.set_status("running", pid="not a pid")
+    from mnist_core.runner import write_card
+    write_card(run)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.path.iterdir()}
+
+    assert jobs.state(run) == "interrupted"
+    assert "ended without a final status after 0 epochs" in lab.status(run)["reason"]
+    assert lab.summary(run)["status"] == "interrupted"
+    assert "*status:* interrupted" in lab.card_text(run) and "*status:* running" in run.card_text()
+    assert [r.name for r in lab.runs_with_checkpoints()] == []  # no last.pt: nothing to continue
+
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.path.iterdir()}
+    assert after == before
+    lab.delete(run)  # an action: a run that is not training can go
+    assert not run.path.exists()

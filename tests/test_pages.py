@@ -62,9 +62,9 @@ def test_architecture_slider_and_text_agree_with_the_core(app):
     page(app, "views/architecture.py")
     app.slider(key="arch_w5").set_value(20).run()
     assert total(app) == f"Total params: {count_params(ModelConfig.template(widths=(12, 16, 10, 12, 16, 20))):,}"
-    assert app.text_input(key="arch_text").value == "12,16,10,12,16,20"
+    assert app.text_input(key="arch_widths").value == "12,16,10,12,16,20"
 
-    app.text_input(key="arch_text").input("8, 8,8,16,16,32").run()
+    app.text_input(key="arch_widths").input("8, 8,8,16,16,32").run()
     widths = (8, 8, 8, 16, 16, 32)
     assert total(app) == f"Total params: {count_params(ModelConfig.template(widths=widths)):,}"
     assert tuple(app.slider(key=f"arch_w{i}").value for i in range(6)) == widths
@@ -82,18 +82,18 @@ def test_architecture_bad_widths_show_the_core_message_and_keep_the_last_model(a
     assert total(app) == "Total params: 9,424"
     with pytest.raises(ConfigError) as e:
         ModelConfig.template(widths=tuple(int(p) for p in text.split(",")), batchnorm=False)
-    app.text_input(key="arch_text").input(text).run()
+    app.text_input(key="arch_widths").input(text).run()
     assert len(app.error) == 1
     assert str(e.value) in app.error[0].value
     assert total(app) == "Total params: 9,424"
     # a good value clears the error
-    app.text_input(key="arch_text").input("12,16,10,12,16,30").run()
+    app.text_input(key="arch_widths").input("12,16,10,12,16,30").run()
     assert not app.error and total(app) == "Total params: 9,424"
 
 
 def test_architecture_non_numbers_are_refused(app):
     page(app, "views/architecture.py")
-    app.text_input(key="arch_text").input("12,16,ten,12,16,30").run()
+    app.text_input(key="arch_widths").input("12,16,ten,12,16,30").run()
     assert len(app.error) == 1 and "6 whole numbers" in app.error[0].value
     assert total(app) == "Total params: 9,596"
 
@@ -145,7 +145,7 @@ def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypa
     finally:
         jobs.stop(run)
         wait_idle(runs_dir)
-    assert jobs.refresh(run) == "stopped"
+    assert jobs.state(run) == "stopped"
     app.run()
     assert "first: stopped" in texts(app.subheader)
     assert not button(app, "Start training").disabled and button(app, "Stop").disabled

@@ -139,7 +139,7 @@ def test_every_page_stays_up_on_a_hostile_runs_folder(hostile):
         at.selectbox(key="runs_one").select(name).run()
         assert not at.exception, (name, at.exception)
     for name, says in (("fifo-config", "config.json: is a named pipe"), ("deep-config", "config.json: not valid JSON"),
-                       ("deep-status", "status.json: not valid JSON"), ("fifo-metrics", "metrics.jsonl: is not a regular")):
+                       ("deep-status", "status.json: not valid JSON"), ("fifo-metrics", "metrics.jsonl: is a named pipe, not a file")):
         at.selectbox(key="runs_one").select(name).run()
         assert any(says in w for w in texts(at.warning)), (name, texts(at.warning))
     at.selectbox(key="runs_one").select("dir-card").run()
@@ -153,7 +153,7 @@ def test_every_page_stays_up_on_a_hostile_runs_folder(hostile):
         assert f"{name}: running" in texts(at.subheader)
     # the bogus pids are not running, and such runs can be deleted
     for name in ("pid-string", "pid-list", "pid-huge", "pid-float", "pid-minus-one"):
-        assert jobs.refresh(Run(hostile / name)) == "interrupted", name
+        assert jobs.state(Run(hostile / name)) == "interrupted", name
         jobs.delete(Run(hostile / name))
 
 

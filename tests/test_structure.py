@@ -106,3 +106,40 @@ assert not any(late.values()), late
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr[-2000:]
+
+
+KEY_PATTERNS = [
+    r"""key=f?["']([A-Za-z_][\w]*)""",
+    r"""session_state\[f?["']([A-Za-z_][\w]*)""",
+    r"""session_state\.(?:get|pop|setdefault)\(f?["']([A-Za-z_][\w]*)""",
+    r"""["']([A-Za-z_][\w]*)["'] (?:not )?in st\.session_state""",
+    r"""session_state\.(?!get\b|pop\b|setdefault\b|update\b|keys\b|items\b|clear\b)([A-Za-z_]\w*)""",
+    r"""session_state\.update\((\w+)=""",
+    r"""f["']([a-z][a-z0-9_]*)\{""",  # a key made from a name: f"tr_{field}", f"arch_w{i}"
+]
+
+
+def page_keys() -> dict[str, str]:
+    """Every session-state key written literally in the pages: key -> where."""
+    import re
+
+    found = {}
+    for path in sorted([ROOT / "app.py", *(ROOT / "views").glob("*.py")]):
+        if path.name == "keys.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for pattern in KEY_PATTERNS:
+                for key in re.findall(pattern, line):
+                    found.setdefault(key, f"{path.name}:{n}")
+    return found
+
+
+def test_every_session_state_key_is_declared_in_one_place():
+    from views import keys
+
+    used = page_keys()
+    undeclared = {k: where for k, where in used.items() if not keys.declared(k)}
+    assert not undeclared, f"session-state keys missing from views/keys.py: {undeclared}"
+    unused = [k for k in keys.KEYS if not any(u == k or (k.endswith("_") and u.startswith(k)) or
+                                              u.rstrip("0123456789") == k for u in used)]
+    assert not unused, f"views/keys.py lists keys no page uses: {unused}"

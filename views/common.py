@@ -128,7 +128,7 @@ def model_choices() -> dict[str, Path]:
     for run in list_runs(runs_dir()):
         ckpt = run.path / "best.pt"
         if ckpt.exists():
-            s = run.summary()
+            s = lab.summary(run)
             acc = f", {s['best test acc']:.2f}%" if s["best test acc"] is not None else ""
             choices[f"{run.name} ({s['architecture']}{acc}, {s['status']})"] = ckpt
     return choices
@@ -137,7 +137,7 @@ def model_choices() -> dict[str, Path]:
 def show_card(run: Run, missing: str = "This run has no card (it may have ended before its first epoch).") -> None:
     """The run's card in a box; a card that cannot be read is named, not shown."""
     try:
-        text = run.card_text()
+        text = lab.card_text(run)
     except UnreadableFile as e:
         st.warning(f"The card cannot be shown: {e}")
         return

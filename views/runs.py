@@ -15,7 +15,7 @@ if not runs:
 # the accuracies come right after the name, so a narrow window shows them without scrolling
 COLUMNS = {"name": "name", "best test acc": "test %", "best train acc": "train %", "params": "params",
            "epochs": "epochs", "status": "status", "architecture": "architecture", "created": "created"}
-df = pd.DataFrame([r.summary() for r in runs])[list(COLUMNS)].rename(columns=COLUMNS)
+df = pd.DataFrame([lab.summary(r) for r in runs])[list(COLUMNS)].rename(columns=COLUMNS)
 df["created"] = df["created"].str.replace("T", " ").str.slice(0, 16)
 for col in ("test %", "train %"):  # a run with no epoch yet shows "–": the grid would write "None"
     df[col] = [f"{v:.2f}" if v is not None and v == v else "–" for v in df[col]]
@@ -38,7 +38,7 @@ if picked:
 st.subheader("One run")
 name = st.selectbox("Run", list(by_name), key="runs_one")
 run = by_name[name]
-summary = run.summary()
+summary = lab.summary(run)
 if summary["reason"]:
     st.warning(summary["reason"])
 if problems := run.problems():

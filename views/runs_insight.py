@@ -125,7 +125,7 @@ def ab_section(runs: list[Run]) -> None:
         for k in keys:
             va, vb = ca.get(section, {}).get(k), cb.get(section, {}).get(k)
             rows.append({"setting": f"{section}.{k}", "A": str(va), "B": str(vb), "differs": va != vb})
-    sa, sb = ra.summary(), rb.summary()
+    sa, sb = lab.summary(ra), lab.summary(rb)
     for k in ("params", "best train acc", "best test acc", "epochs", "status"):
         rows.append({"setting": k, "A": str(sa[k]), "B": str(sb[k]), "differs": sa[k] != sb[k]})
     df = pd.DataFrame(rows)
@@ -147,7 +147,7 @@ def ab_section(runs: list[Run]) -> None:
 
 
 def resume_and_export(run: Run) -> None:
-    status = run.status.get("status")
+    status = lab.status(run).get("status")
     last = run.path / "last.pt"
     c1, c2 = st.columns(2)
     with c1:

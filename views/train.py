@@ -138,7 +138,8 @@ def live():
     if run is None:
         st.info("No run yet: choose settings and press **Start training**.")
         return
-    status = jobs.refresh(run)
+    current = lab.status(run)
+    status = str(current.get("status", "unknown"))
     records = metrics(run)
     batches = [r for r in records if r["kind"] == "batch"]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -151,8 +152,8 @@ def live():
             st.progress(fraction, text=text)
         else:
             st.progress(0.0, text="loading MNIST and building the model...")
-    elif run.status.get("reason"):
-        st.warning(str(run.status["reason"])[:500])
+    elif current.get("reason"):
+        st.warning(str(current["reason"])[:500])
     if epochs:
         c1, c2 = st.columns(2)
         c1.plotly_chart(curves_figure({run.name: epochs}, "loss"), key="loss_curve")

@@ -1,0 +1,78 @@
+"""Every session-state key the pages use, in one place, with what it holds.
+
+Widget keys (key=...) are session state too: Streamlit keeps a widget's value under its key while
+its page is shown and drops it when the page is left, so what must outlive a page switch lives in
+a key of its own (model_cfg, train_cfg, arch_budget, tr_run). A key ending in "_" is a prefix: the
+rest is a run's name or a field's. tests/test_structure.py fails when a page uses a key not listed.
+"""
+
+SHARED = {
+    "model_cfg": "the model chosen on Architecture, as ModelConfig.to_dict(); the Train page trains it",
+    "train_cfg": "the recipe last set on Train (a TrainConfig); Architecture's A/B form starts from it",
+}
+
+ARCHITECTURE = {
+    "arch_preset": "preset picker: loads a preset's layer list",
+    "arch_bn": "template: BatchNorm after every 3x3 conv",
+    "arch_w": "template: the six width sliders, arch_w0 .. arch_w5",
+    "arch_dropout": "template: dropout after every ReLU",
+    "arch_widths": "template: the six widths typed as text",
+    "arch_spec": "the layer list's one-line text form (JSON accepted too)",
+    "arch_layers_": "the layer list as an editable table (st.data_editor); the number is arch_layers_n",
+    "arch_layers_n": "a counter in the table's key: a new model gives the editor fresh rows",
+    "arch_torchinfo": "show torchinfo's printed summary",
+    "arch_error": "why the last edit was refused, shown over the last valid model",
+    "arch_budget": "the parameter budget (kept across pages)",
+    "arch_budget_input": "the budget's number box",
+    "ab_epochs": "A/B form: epochs",
+    "ab_size": "A/B form: training images",
+}
+
+TRAIN = {
+    "tr_preset": "preset picker: loads a preset's recipe",
+    "tr_": "one widget per TrainConfig field (tr_epochs, tr_lr, ...)",
+    "tr_size": "training images (0 = all)",
+    "tr_test_size": "test images (0 = all)",
+    "tr_name": "the new run's name",
+    "tr_run": "the run the page follows",
+    "tr_started": "'Started ...' message, shown once after the rerun that follows Start",
+    "tr_was_running": "the run seen running, to rerun the whole page once when it ends",
+    "loss_curve": "chart", "acc_curve": "chart", "batch_curve": "chart",
+}
+
+DRAW = {
+    "draw_model": "the model that reads the drawing",
+    "draw_upload": "checkpoint uploader",
+    "draw_uploads": "checkpoints uploaded this session: label -> bytes",
+    "draw_upload_error": "why the last uploaded checkpoint was refused",
+    "draw_photo": "photo or scan of a digit on paper",
+    "draw_stroke": "pen width",
+    "draw_many": "the models compared on one drawing",
+    "canvas_n": "a counter in the canvas key: Clear gives a fresh canvas",
+    "canvas_": "the drawing canvas",
+    "hw_label": "the digit a saved drawing is", "hw_save": "save the drawing as handwriting",
+    "probs": "chart", "many_probs": "chart", "filters": "chart", "saliency": "chart",
+}
+
+RUNS = {
+    "runs_compare": "the runs whose curves are overlaid",
+    "runs_one": "the run shown in full",
+    "cmp_loss": "chart", "cmp_acc": "chart",
+    "ab_a": "A/B comparison: run A", "ab_b": "A/B comparison: run B", "ab_loss": "chart", "ab_acc": "chart",
+    "confirm_delete": "the run whose deletion waits for a yes",
+    "del_ask": "button", "del_yes": "button", "del_no": "button",
+    "dl_": "download buttons per file",
+    "cm_": "confusion matrix chart, per run", "cm_clicked_": "the cell last clicked on it, per run",
+    "cell_": "the confusion cell whose digits are shown, per run", "per_": "per-digit accuracy chart, per run",
+    "more_": "epochs to continue for, per run", "resume_": "Continue button, per run",
+    "resumed_": "'Started ...' message after Continue, per run",
+    "zip_": "archive download, per run", "ts_": "TorchScript download, per run",
+}
+
+KEYS = {**SHARED, **ARCHITECTURE, **TRAIN, **DRAW, **RUNS}
+
+
+def declared(key: str) -> bool:
+    """Whether `key` (or, for a key made from a name, its prefix) is listed here."""
+    return key in KEYS or any(k.endswith("_") and key.startswith(k) for k in KEYS) or (
+        key.rstrip("0123456789") in KEYS)
