@@ -17,7 +17,7 @@ from mnist_core.bench import accuracy_bench, run_bench
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
 from mnist_core.data import DataError, load_mnist
 from mnist_core.draw import describe, ImageError, load_image, predict
-from mnist_core.files import read_json
+from mnist_core.files import UnreadableFile, describe_os_error, read_bytes, read_json
 from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
@@ -66,7 +66,31 @@ def parse_limit(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
 
 
+MAX_ARCH_BYTES = 64 * 1024  # a design of 40 layers is about 2 KB as JSON
+
+
+def read_arch(value: str) -> ModelConfig:
+    """--arch: a file holding a design (JSON {"layers": [...]} or the one-line text), or the text itself."""
+    path = Path(value)
+    looks_like_a_path = value.strip()[:1] not in "{[" and (path.suffix in (".json", ".txt") or "/" in value)
+    if not (looks_like_a_path or path.is_file()):
+        return ModelConfig.parse(value)
+    try:
+        text = read_bytes(path, MAX_ARCH_BYTES).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{value}: not a text file") from None
+    except (OSError, UnreadableFile) as e:
+        raise ConfigError(str(e) if isinstance(e, UnreadableFile) else describe_os_error(e)) from None
+    try:
+        return ModelConfig.parse(text)
+    except ConfigError as e:
+        raise ConfigError(f"{value}: {e}") from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", metavar="FILE_OR_TEXT",
+                   help="the model as a layer list: a JSON file ({\"layers\": [...]}) or text such as "
+                        "'conv8 bn relu maxpool conv16 bn relu gap conv10k1'")
     p.add_argument("--no-bn", action="store_true", help="Conv-ReLU blocks without BatchNorm")
     p.add_argument("--widths", type=parse_widths, help="six channel widths W1,W2,W3,W4,W5,W6 (default 12,16,10,12,16,30)")
     p.add_argument("--dropout", type=float, help="Dropout2d after every ReLU (0 = off)")
@@ -116,13 +140,17 @@ def build_parser() -> Parser:
     p.add_argument("--accuracy", metavar="PRESET",
                    help=f"train PRESET ({', '.join(PRESETS)}) once per seed and report its last three epochs' "
                         "test accuracy and its time to --goal")
+    p.add_argument("--arch", metavar="FILE_OR_TEXT", help="with --accuracy: train this layer list on the preset's recipe")
     p.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3], help="with --accuracy: comma-separated (default 1,2,3)")
     p.add_argument("--goal", type=float, default=99.4, help="with --accuracy: test accuracy in %% (default 99.4)")
     return parser
 
 
 def model_config(args, base: ModelConfig) -> ModelConfig:
-    """The base model with --widths / --no-bn / --dropout applied (they edit the template family)."""
+    """--arch in place of the base model when given, then --widths / --no-bn / --dropout applied
+    (they edit the template family)."""
+    if getattr(args, "arch", None) is not None:
+        base = read_arch(args.arch)
     if not (args.no_bn or args.widths is not None or args.dropout is not None):
         return base
     settings = base.template_settings()
@@ -286,12 +314,16 @@ def cmd_predict(args) -> int:
 
 def cmd_bench(args) -> int:
 
+    if args.arch is not None and args.accuracy is None:
+        raise UserError("--arch goes with --accuracy PRESET (whose recipe trains it)")
     if args.accuracy is not None:
         if args.quick or args.batches is not None:
             raise UserError("--quick and --batches time the pipelines; they do not go with --accuracy")
         if not 0 < args.goal <= 100:
             raise UserError(f"--goal is {args.goal:g}: it must be a test accuracy above 0 and at most 100 (%)")
         preset = get_preset(args.accuracy)
+        if args.arch is not None:
+            preset = replace(preset, name=f"{preset.name} recipe, --arch", model=read_arch(args.arch))
         if args.device != "auto":
             preset = replace(preset, train=replace(preset.train, device=args.device))
         check_can_train(preset.train)

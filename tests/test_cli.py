@@ -151,3 +151,82 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == "error: width of block5 is -6: a layer needs at least 1 channel"
     assert "Traceback" not in p.stderr
+
+
+SHAPES = "conv8p1 bn relu conv8s2 bn relu conv16dw bn relu conv12k1 bn relu gap conv10k1"  # padding, stride, depthwise
+
+
+def test_summary_takes_a_layer_list_as_text_or_file(capsys, tmp_path):
+    from mnist_core import spec
+
+    cfg = ModelConfig.parse(SHAPES)
+    code, out, err = run_cli(capsys, "summary", "--arch", SHAPES)
+    assert code == 0, err
+    assert f"Total params: {cfg.params:,}" in out and out.count("Conv2d") == 5
+    design = tmp_path / "design.json"
+    design.write_text(__import__("json").dumps(spec.to_json(cfg.layers)))
+    code, out_file, _ = run_cli(capsys, "summary", "--arch", str(design))
+    assert code == 0 and out_file == out
+    # the template's options still edit a template given as a list
+    code, out, _ = run_cli(capsys, "summary", "--arch", ModelConfig().text, "--no-bn")
+    assert code == 0 and "Total params: 9,424" in out
+
+
+@pytest.mark.parametrize("arch, needle", [
+    ("conv8 bn relu gap conv10k1 softmax", "token 6 'softmax': not a layer"),
+    ('{"layers": [{"type": "conv", "out": 8, "groups": 2}]}', "layer 1 (conv): unknown key 'groups'"),
+    ("conv0 gap conv10k1", "layer 1 (conv): out is 0: it must be between 1 and 256"),
+    ("conv300 gap conv10k1", "layer 1 (conv): out is 300"),
+    ("conv8k0 gap conv10k1", "layer 1 (conv): kernel is 0"),
+    ("conv8k29 gap conv10k1", "layer 1 (conv): kernel is 29"),
+    ("conv8s9 gap conv10k1", "layer 1 (conv): stride is 9"),
+    ("conv8d9 gap conv10k1", "layer 1 (conv): dilation is 9"),
+    ("conv8p5 gap conv10k1", "layer 1 (conv): padding is 5"),
+    ("conv8 maxpool maxpool maxpool maxpool maxpool gap conv10k1", "layer 6 (maxpool): the map is 1x1"),
+    ("conv8 conv12dw gap conv10k1", "layer 2 (conv): a depthwise conv's out must be a multiple of its 8"),
+    (" ".join(["relu"] * 41), "41 layers: at most 40"),
+    ("conv8 gap conv12k1", "it must end with 10"),
+    ("conv8 drop0.95 gap conv10k1", "layer 2 (dropout): p is 0.95"),
+    ('{"layers": [', "malformed JSON"),
+    ("", "the layer list is empty"),
+])
+def test_every_bad_design_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, arch, needle):
+    code, _, err = run_cli(capsys, "summary", "--arch", arch)
+    assert_one_error_line(code, err, needle)
+    design = tmp_path / "bad.json"
+    design.write_text(arch)
+    code, _, err = run_cli(capsys, "train", "--arch", str(design), "--run-dir", str(tmp_path / "run"), "--quiet")
+    assert_one_error_line(code, err, f"{design}: ", needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_arch_files_that_are_not_designs_are_refused(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "summary", "--arch", str(tmp_path / "missing.json"))
+    assert_one_error_line(code, err, "missing.json: No such file or directory")
+    code, _, err = run_cli(capsys, "summary", "--arch", str(tmp_path))
+    assert_one_error_line(code, err, "is a directory")
+    big = tmp_path / "big.json"
+    big.write_text(" " * (100 * 1024))
+    code, _, err = run_cli(capsys, "summary", "--arch", str(big))
+    assert_one_error_line(code, err, "more than")
+    binary = tmp_path / "model.txt"
+    binary.write_bytes(b"\xff\xfe\x00conv")
+    code, _, err = run_cli(capsys, "summary", "--arch", str(binary))
+    assert_one_error_line(code, err, "not a text file")
+    code, _, err = run_cli(capsys, "bench", "--arch", SHAPES)
+    assert_one_error_line(code, err, "--arch goes with --accuracy")
+
+
+def test_train_takes_a_layer_list_and_its_checkpoint_rebuilds_it(capsys, tmp_path):
+    from mnist_core.checkpoint import load_checkpoint
+    from mnist_core.runs import Run
+
+    run_dir = tmp_path / "shapes"
+    code, out, err = run_cli(capsys, "train", "--arch", SHAPES, "--epochs", "1", "--limit-train", "640",
+                             "--limit-test", "500", "--run-dir", str(run_dir), "--quiet")
+    assert code == 0, err
+    run = Run(run_dir)
+    assert run.model_config() == ModelConfig.parse(SHAPES) and run.config["params"] == ModelConfig.parse(SHAPES).params
+    model, meta = load_checkpoint(run_dir / "best.pt")
+    assert meta["model_config"].text == SHAPES
+    assert SHAPES in run.card_text()

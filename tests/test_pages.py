@@ -98,6 +98,36 @@ def test_architecture_non_numbers_are_refused(app):
     assert total(app) == "Total params: 9,596"
 
 
+def test_architecture_text_form_builds_any_list_and_names_the_bad_row(app):
+    page(app, "views/architecture.py")
+    assert app.text_input(key="arch_spec").value == ModelConfig().text
+    shapes = "conv8p1 bn relu conv8s2 bn relu conv16dw bn relu conv12k1 bn relu gap conv10k1"
+    app.text_input(key="arch_spec").input(shapes).run()
+    assert not app.error and total(app) == f"Total params: {ModelConfig.parse(shapes).params:,}"
+    assert f"Model **{shapes}**" in texts(app.markdown)
+    assert any("another shape" in c for c in texts(app.caption))  # the template says it would replace it
+    # a bad list: the row and the reason, and the last valid model stays
+    app.text_input(key="arch_spec").input("conv8 maxpool maxpool maxpool maxpool maxpool gap conv10k1").run()
+    assert len(app.error) == 1 and "layer 6 (maxpool): the map is 1x1, nothing left to pool" in app.error[0].value
+    assert total(app) == f"Total params: {ModelConfig.parse(shapes).params:,}"
+    # the JSON form is taken too, and the Train page trains what was chosen
+    app.text_input(key="arch_spec").input('{"layers": [{"type": "conv", "out": 10, "kernel": 28}]}').run()
+    assert not app.error and total(app) == "Total params: 7,840"
+    page(app, "views/train.py")
+    assert any("conv10k28" in c for c in texts(app.caption))
+
+
+def test_architecture_preset_and_template_reset_the_text_form(app):
+    page(app, "views/architecture.py")
+    app.text_input(key="arch_spec").input("conv8 bn relu gap conv10k1").run()
+    app.selectbox(key="arch_preset").select("lean").run()
+    assert app.text_input(key="arch_spec").value == PRESETS["lean"].model.text
+    assert app.slider(key="arch_w5").value == 18 and total(app) == "Total params: 7,724"
+    app.text_input(key="arch_spec").input("conv8 bn relu gap conv10k1").run()
+    app.slider(key="arch_w5").set_value(20).run()  # a slider replaces another shape with the template
+    assert app.text_input(key="arch_spec").value == ModelConfig.template((12, 16, 10, 12, 16, 20)).text
+
+
 # -- Train -------------------------------------------------------------------------------------
 
 

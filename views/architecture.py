@@ -1,12 +1,13 @@
+import json
+
 import pandas as pd
 import streamlit as st
 
-from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig
-from mnist_core import insight
-from mnist_core.model import build_model, summary_rows
-from mnist_core import jobs, lab
-from mnist_core.config import replace
+from mnist_core import insight, jobs, lab, spec
+from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig, replace
+from mnist_core.model import build_model, summary_text
 from mnist_core.runs import RunError
+from views import layer_editor
 from views.common import choose_model, chosen_model, saved_settings
 
 WIDGETS = [f"arch_w{i}" for i in range(6)]
@@ -14,92 +15,144 @@ LABELS = {
     "block1": "Block 1 (3x3 conv)", "block2": "Block 2 (3x3 conv)", "transition": "Transition (1x1 conv)",
     "block3": "Block 3 (3x3 conv, after pool)", "block4": "Block 4 (3x3 conv)", "block5": "Block 5 (3x3 conv)",
 }
+ABOUT = {
+    "conv": "convolution", "bn": "BatchNorm", "relu": "ReLU", "dropout": "dropout", "maxpool": "max-pool",
+    "avgpool": "average pool", "gap": "global average pool", "linear": "fully connected",
+}
 
 
-def set_widgets(cfg: ModelConfig) -> None:
-    widths, batchnorm, dropout = cfg.template_settings() or ModelConfig().template_settings()
-    for key, w in zip(WIDGETS, widths):
-        st.session_state[key] = w
-    st.session_state.arch_bn = batchnorm
-    st.session_state.arch_dropout = float(dropout)
-    st.session_state.arch_text = ",".join(map(str, widths))
+# -- one model, four editors: the preset box, the template, the text form and the layer table ---
+# Each editor's callback makes a ModelConfig; a valid one becomes the chosen model and every other
+# editor is set from it; an invalid one leaves the model as it was and says why.
+
+
+def show(cfg: ModelConfig) -> None:
+    """Set every editor from cfg and choose it."""
+    choose_model(cfg)
+    st.session_state.arch_spec = cfg.text
+    settings = cfg.template_settings()
+    if settings is not None:
+        widths, batchnorm, dropout = settings
+        for key, w in zip(WIDGETS, widths):
+            st.session_state[key] = w
+        st.session_state.arch_bn = batchnorm
+        st.session_state.arch_dropout = float(dropout)
+        st.session_state.arch_widths = ",".join(map(str, widths))
+    st.session_state.arch_layers_n = st.session_state.get("arch_layers_n", 0) + 1  # the table starts afresh
     st.session_state.arch_error = None
+
+
+def show_template_defaults() -> None:
+    """The template widgets, for a first visit with a model of another shape."""
+    widths, batchnorm, dropout = ModelConfig().template_settings()
+    for key, w in zip(WIDGETS, widths):
+        st.session_state.setdefault(key, w)
+    st.session_state.setdefault("arch_bn", batchnorm)
+    st.session_state.setdefault("arch_dropout", dropout)
+    st.session_state.setdefault("arch_widths", ",".join(map(str, widths)))
+
+
+def attempt(make) -> None:
+    """show(make()), or the reason it cannot be built."""
+    try:
+        show(make())
+    except (ConfigError, spec.SpecError) as e:
+        st.session_state.arch_error = str(e)
 
 
 def on_preset():
-    set_widgets(PRESETS[st.session_state.arch_preset].model)
+    if st.session_state.arch_preset:
+        show(PRESETS[st.session_state.arch_preset].model)
 
 
-def on_slider():
-    st.session_state.arch_text = ",".join(str(st.session_state[k]) for k in WIDGETS)
-    st.session_state.arch_error = None
+def on_template():
+    attempt(lambda: ModelConfig.template(tuple(st.session_state[k] for k in WIDGETS), st.session_state.arch_bn,
+                                         st.session_state.arch_dropout))
 
 
-def on_text():
-    text = st.session_state.arch_text
+def on_widths():
+    text = st.session_state.arch_widths
     try:
         widths = tuple(int(p) for p in text.replace(" ", "").split(","))
     except ValueError:
         st.session_state.arch_error = f"widths must be 6 whole numbers separated by commas, got {text!r}"
         return
-    try:
-        cfg = ModelConfig.template(widths, st.session_state.arch_bn, st.session_state.arch_dropout)
-    except ConfigError as e:
-        st.session_state.arch_error = str(e)
-        return
-    set_widgets(cfg)
+    attempt(lambda: ModelConfig.template(widths, st.session_state.arch_bn, st.session_state.arch_dropout))
+
+
+def on_spec():
+    attempt(lambda: ModelConfig.parse(st.session_state.arch_spec))
+
+
+def table_key() -> str:
+    return f"arch_layers_{st.session_state.get('arch_layers_n', 0)}"
+
+
+def on_table():
+    attempt(lambda: layer_editor.apply(chosen_model(), st.session_state[table_key()]))
+
+
+# -- what the model is --------------------------------------------------------------------------
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def table(cfg: ModelConfig) -> tuple[pd.DataFrame, int]:
-    rows = summary_rows(cfg)
-    for row, layer in zip(rows, cfg.rows):
-        row["output"] = "x".join(map(str, layer.shape))  # 12x26x26: narrower than torchinfo's [-1, 12, 26, 26]
-        row["RF"] = f"{layer.receptive_field}x{layer.receptive_field}"
-    df = pd.DataFrame(rows)[["layer", "output", "params", "RF", "mult-adds"]]
-    return df, int(df["mult-adds"].sum())
+def plan_frame(cfg: ModelConfig) -> pd.DataFrame:
+    """The layer table from the list alone: no torch, fast enough for every keystroke."""
+    return pd.DataFrame([{
+        "#": row.index, "layer": spec.to_text([row.layer]), "output": "x".join(map(str, row.shape)),
+        "params": row.params, "RF": f"{row.receptive_field}x{row.receptive_field}", "mult-adds": row.macs,
+    } for row in cfg.rows])
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def latency_ms(cfg: ModelConfig) -> float:
-    """Measured time of one single-image forward pass on this machine's CPU (median of 20)."""
-    return insight.inference_ms(build_model(cfg), repeat=20)
+    """Measured time of one single-image forward pass on this machine's CPU: the median of 20,
+    or of as many as 30 ms of measuring allows (three at least), so that a big model stays live."""
+    return insight.inference_ms(build_model(cfg), repeat=20, budget_ms=30)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def torchinfo_text(cfg: ModelConfig) -> str:
+    return summary_text(cfg)
 
 
 st.title("Architecture")
-st.caption("Every change updates the parameter count, the layer table and the receptive field. The Train page trains this model.")
+st.caption("A model is a list of layers. Edit it as a table, as one line of text, or with the template's "
+           "sliders; the parameter count, the layer table and the receptive field follow every change. "
+           "The Train page trains this model.")
 
 current = chosen_model()
-if "arch_w0" not in st.session_state:  # first visit, or back from another page
-    set_widgets(current)
+if "arch_spec" not in st.session_state:  # first visit, or back from another page (widget state is dropped)
+    show_template_defaults()
+    show(current)
 
-left, right = st.columns([1, 2.6], gap="medium")  # the layer table needs the room
+left, right = st.columns([1, 2.6], gap="medium")
 with left:
-    st.selectbox("Preset", list(PRESETS), key="arch_preset", index=None, placeholder="Load a preset...", on_change=on_preset)
-    st.checkbox("BatchNorm", key="arch_bn", help="Conv-BN-ReLU blocks; off gives Conv-ReLU")
-    for key, name in zip(WIDGETS, WIDTH_NAMES):
-        st.slider(LABELS[name], 1, MAX_WIDTH, key=key, on_change=on_slider)
-    st.slider("Dropout", 0.0, 0.5, step=0.01, key="arch_dropout", help="Dropout2d after every ReLU; 0 = off")
-    st.text_input("Widths (type them exactly)", key="arch_text", on_change=on_text, help="six numbers, e.g. 12,16,10,12,16,30")
+    st.selectbox("Preset", list(PRESETS), key="arch_preset", index=None, placeholder="Load a preset...",
+                 on_change=on_preset, help="; ".join(f"{p.name}: {p.model.params:,} parameters" for p in PRESETS.values()))
     # a widget's own state is dropped when the page is left: the budget lives in a key of its own
     st.number_input("Parameter budget", min_value=100, max_value=10_000_000, step=500, key="arch_budget_input",
                     value=st.session_state.setdefault("arch_budget", 10_000),
                     on_change=lambda: st.session_state.update(arch_budget=st.session_state.arch_budget_input))
     budget = st.session_state.arch_budget
+    with st.container(border=True):
+        st.markdown("**Template**: the reference skeleton")
+        in_family = current.template_settings() is not None
+        st.caption("conv3 ×2, a 1x1 transition, max-pool, conv3 ×3, GAP, a 1x1 head." + (
+            "" if in_family else " The model is of another shape now: a change here replaces it with the template."))
+        st.checkbox("BatchNorm", key="arch_bn", on_change=on_template, help="Conv-BN-ReLU blocks; off gives Conv-ReLU")
+        for key, name in zip(WIDGETS, WIDTH_NAMES):
+            st.slider(LABELS[name], 1, MAX_WIDTH, key=key, on_change=on_template)
+        st.slider("Dropout", 0.0, 0.5, step=0.01, key="arch_dropout", on_change=on_template,
+                  help="Dropout2d after every ReLU; 0 = off")
+        st.text_input("Widths (type them exactly)", key="arch_widths", on_change=on_widths,
+                      help="six numbers, e.g. 12,16,10,12,16,30")
 
-error = st.session_state.get("arch_error")
-try:
-    cfg = ModelConfig.template(tuple(st.session_state[k] for k in WIDGETS), st.session_state.arch_bn,
-                               st.session_state.arch_dropout)
-    choose_model(cfg)
-except ConfigError as e:
-    error, cfg = str(e), current
-
+cfg = chosen_model()
 with right:
-    if error:
+    if error := st.session_state.get("arch_error"):
         st.error(f"{error}. Showing the last valid model.", icon="🚫")
-    df, macs = table(cfg)
-    total = int(df["params"].sum())
+    total = cfg.params
     st.subheader(f"Total params: {total:,}")
     ratio = total / budget
     st.progress(min(ratio, 1.0), text=f"{ratio:.0%} of the {budget:,}-parameter budget")
@@ -108,14 +161,53 @@ with right:
     else:
         st.warning(f"Over budget by {total - budget:,} parameters.", icon="⚠️")
     rf = cfg.rows[-1].receptive_field
+    macs = sum(r.macs for r in cfg.rows)
     st.markdown(f"Model **{cfg.describe()}**")
     # one wrapping line, not three metric boxes: nothing is cut short in a narrow column
     st.markdown(f"**{macs / 1e6:.2f} M** multiply-adds per image · **{latency_ms(cfg):.2f} ms** to read one "
                 f"image on this CPU · receptive field **{rf}x{rf}**",
-                help="Multiply-adds as torchinfo counts them; the time is the median of 20 single-image "
+                help="Multiply-adds as torchinfo counts them; the time is the median of up to 20 single-image "
                      "forward passes on this machine; the receptive field is the input patch one output sees.")
-    st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760),
-                 column_config={"mult-adds": st.column_config.NumberColumn(format="compact")})
+    st.text_input("Layers as text", key="arch_spec", on_change=on_spec,
+                  help="One token per layer, for copy and paste: conv16 (3x3), conv16k1 (1x1), conv16s2p1 "
+                       "(stride 2, padding 1), conv16dw (depthwise), conv16+b (with bias), bn, relu, drop0.1, "
+                       "maxpool, avgpool, gap, linear10. The JSON form ({\"layers\": [...]}) is accepted too.")
+    plan, edit = st.tabs(["Layer table", "Edit the layers"])
+    with plan:
+        df = plan_frame(cfg)
+        st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760),
+                     column_config={"mult-adds": st.column_config.NumberColumn(format="compact"),
+                                    "RF": st.column_config.TextColumn(help="receptive field: the input patch one "
+                                                                           "output value of the layer sees")})
+    with edit:
+        st.caption("Change a cell, add a row at the bottom, select rows to delete them; change **#** to move "
+                   "a row (2.5 goes between 2 and 3). Blank cells take the defaults.")
+        st.data_editor(
+            layer_editor.frame(cfg), key=table_key(), on_change=on_table, num_rows="dynamic", hide_index=True,
+            width="stretch", height=min(40 + 35 * (len(cfg.layers) + 1), 760),
+            column_config={
+                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width="small"),
+                "type": st.column_config.SelectboxColumn("type", options=list(spec.LAYER_TYPES), required=True,
+                                                         help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
+                "out": st.column_config.NumberColumn(help="conv, linear: output channels", min_value=1,
+                                                     max_value=spec.MAX_CHANNELS, step=1),
+                "kernel": st.column_config.NumberColumn(help="conv (3), maxpool/avgpool (2)", min_value=1, step=1),
+                "stride": st.column_config.NumberColumn(help="conv (1), maxpool/avgpool (2)", min_value=1,
+                                                        max_value=spec.MAX_STRIDE, step=1),
+                "padding": st.column_config.NumberColumn(help="conv: zeros on each side (0)", min_value=0, step=1),
+                "dilation": st.column_config.NumberColumn(help="conv: spacing of the kernel's taps (1)",
+                                                          min_value=1, max_value=spec.MAX_DILATION, step=1),
+                "depthwise": st.column_config.CheckboxColumn(help="conv: one filter group per input channel"),
+                "bias": st.column_config.CheckboxColumn(help="conv (off), linear (on)"),
+                "p": st.column_config.NumberColumn(help="dropout probability (0.1)", min_value=0.0,
+                                                   max_value=spec.MAX_DROPOUT, step=0.01),
+            },
+        )
+    with st.expander("As JSON, the command line's --arch file"):
+        st.code(json.dumps(cfg.to_dict()), language="json", wrap_lines=True)
+    if st.toggle("torchinfo's summary", key="arch_torchinfo", help="the table torchinfo prints for this model "
+                 "(it runs the model once, so it is made only when asked for)"):
+        st.code(torchinfo_text(cfg), language=None)
 
 
 with left, st.expander("Train A/B: BatchNorm on vs off"):
