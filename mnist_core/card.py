@@ -39,8 +39,8 @@ def target_text(cfg: dict) -> str:
     subset = f", {train['limit_train']} training images" if train.get("limit_train") else ""
     if train.get("weight_decay"):
         aug += f", weight decay {train['weight_decay']:g}"
-    if train.get("precision", "fp32") != "fp32":
-        aug += f", {train['precision']} autocast"
+    aug += {"bf16": ", bf16 autocast", "auto": ", bf16 autocast where the hardware is fast at it"}.get(
+        train.get("precision"), "")
     if train.get("ema"):
         aug += f", weights averaged (EMA {train['ema']:g})"
     lines = []
@@ -113,6 +113,15 @@ def analysis(epochs: list[dict], status: str, planned: int | None, cfg_train: di
     return out
 
 
+def _dropout(cfg: dict) -> float:
+    """The largest dropout probability in the run's model (0 when it has none or cannot be read)."""
+    try:
+        layers = ModelConfig.from_dict(cfg.get("model")).layers
+    except ConfigError:
+        return 0.0
+    return max((lay.p for lay in layers if lay.type == "dropout"), default=0.0)
+
+
 def render(cfg: dict, epochs: list[dict], status: str, layer_table: str = "") -> str:
     planned = cfg.get("train", {}).get("epochs")
     best_train = max((e["train_acc"] for e in epochs), default=None)
@@ -134,7 +143,7 @@ def render(cfg: dict, epochs: list[dict], status: str, layer_table: str = "") ->
         f"*status:* {status}, {len(epochs)}/{planned} epochs",
         "",
         "**ANALYSIS:**  ",
-        *(f"{i}. {line}" for i, line in enumerate(analysis(epochs, status, planned, cfg.get("train"), cfg.get("model", {}).get("dropout", 0.0)), 1)),
+        *(f"{i}. {line}" for i, line in enumerate(analysis(epochs, status, planned, cfg.get("train"), _dropout(cfg)), 1)),
     ]
     if layer_table:
         parts += ["", "```", layer_table.rstrip(), "```"]

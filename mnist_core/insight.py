@@ -124,10 +124,11 @@ def feature_maps(model: Net, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def first_filters(model: Net) -> np.ndarray:
-    """(C, k, k) weights of the first convolution, on the input image's one channel."""
-    conv = next(m for m in model if isinstance(m, torch.nn.Conv2d))
-    return conv.weight.detach().cpu()[:, 0].numpy()
+def first_filters(model: Net) -> np.ndarray | None:
+    """(C, k, k) weights of the first convolution, on the input image's one channel; None for a
+    model without one (a linear layer straight on the pixels)."""
+    conv = next((m for m in model if isinstance(m, torch.nn.Conv2d)), None)
+    return None if conv is None else conv.weight.detach().cpu()[:, 0].numpy()
 
 
 def saliency(model: Net, x: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:

@@ -19,7 +19,7 @@ The one-line text form says the same in tokens, e.g. the reference model:
 
     conv12 bn relu conv16 bn relu conv10k1 maxpool conv12 bn relu conv16 bn relu conv30 bn relu gap conv10k1
 
-    conv16k5s2p2d1 dw +b   -> kernel 5, stride 2, padding 2, dilation 1; depthwise; with bias
+    conv16k5s2p2d1dw+b     -> kernel 5, stride 2, padding 2, dilation 1; depthwise; with bias
     maxpoolk3s2, avgpool   -> kernel 3 stride 2; the default 2/2
     drop0.1, gap, bn, relu
     linear10, linear10-b   -> with bias (the default), without

@@ -35,3 +35,16 @@ def test_test_above_train_is_explained_by_augmentation():
     text = analysis(epochs((98.0, 99.0), (98.5, 99.3), (98.6, 99.35)), "finished", 3, {"augment": 6.0})
     assert any(line.startswith("No overfitting: test accuracy is 0.75 points above train accuracy (augmentation")
                for line in text)
+
+
+def test_dropout_anywhere_in_a_layer_list_explains_test_above_train():
+    from mnist_core.card import render
+    from mnist_core.config import ModelConfig
+
+    rising = [dict(e, test_loss=0.1, train_loss=0.1) for e in epochs((98.0, 99.0), (98.5, 99.3), (98.6, 99.35))]
+    for text, why in (("conv8 bn relu drop0.05 maxpool conv16 relu gap conv10k1", "(augmentation or dropout"),
+                      ("conv8 bn relu maxpool conv16 relu gap conv10k1", "(train accuracy is averaged")):
+        cfg = {"name": "r", "model": ModelConfig.parse(text).to_dict(), "train": {"epochs": 3}, "params": 1}
+        card = render(cfg, rising, "finished")
+        assert f"Train model {text} (1 params)" in card
+        assert "test accuracy is 0.75 points above train accuracy " + why in card, card

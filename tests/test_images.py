@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from paper import CONDITIONS, blank_paper, on_paper
@@ -135,3 +136,42 @@ def test_a_16_bit_scan_and_a_rotated_phone_photo_read_right(bundled, mnist):
     buf = io.BytesIO()
     sideways.save(buf, format="JPEG", exif=exif, quality=95)
     assert predict(bundled, load_image(buf.getvalue(), "phone.jpg"))[0] == 7
+
+
+@pytest.mark.parametrize("design", [
+    "conv8p1 bn relu conv8s2 bn relu drop0.1 conv16dw bn relu conv12k1 bn relu gap conv10k1",
+    "conv8 relu maxpool conv16 relu avgpool linear32 bn relu drop0.2 linear10-b",
+    "linear10",
+])
+def test_draw_page_reads_with_a_model_of_any_shape(app, mnist, runs_dir, design):
+    """A run of any valid list is on the Draw page: its reading, feature maps per group of layers,
+    first-layer filters (or a word that there are none) and saliency, without an error."""
+    from apptest_kit import page, texts
+
+    from mnist_core.checkpoint import save_checkpoint
+    from mnist_core.config import ModelConfig, TrainConfig
+    from mnist_core.model import build_model
+    from mnist_core.runs import Run
+
+    cfg = ModelConfig.parse(design)
+    run = Run.create(runs_dir, cfg, TrainConfig(epochs=1), name="shape")
+    save_checkpoint(run.path / "best.pt", build_model(cfg), {"run": "shape", "epoch": 1, "test_acc": 10.0})
+    page(app, "views/draw.py")
+    [label] = [o for o in app.selectbox(key="draw_model").options if o.startswith("shape (")]
+    assert design in label
+    app.selectbox(key="draw_model").select(label).run()
+    app.file_uploader(key="draw_photo").set_value(("four.png", png(on_paper(mnist.test_x[4].numpy(), "white")),
+                                                    "image/png")).run()
+    assert not app.exception and not app.error, (app.exception, texts(app.error))
+    assert any(s.startswith("Prediction: ") for s in texts(app.subheader))
+    from apptest_kit import chart_keys
+    from mnist_core import insight
+
+    groups = insight.feature_maps(build_model(cfg), torch.zeros(1, 1, 28, 28))
+    captions = [img.caption for element in app.get("image") for img in element.proto.imgs]
+    assert [c for c in captions if c.startswith("layer ")] == [label for label, _ in groups]
+    if design == "linear10":
+        assert not groups and "filters" not in chart_keys(app)
+        assert "This model has no convolution: no filters to show." in texts(app.info)
+    else:
+        assert groups and "filters" in chart_keys(app)

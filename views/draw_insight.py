@@ -54,10 +54,16 @@ def inside_the_model(model, pre: Preprocessed) -> None:
         st.caption("Brighter = the pixels whose change would move the score of the predicted digit most "
                    "(gradient of that logit with respect to the input).")
     with c2:
-        st.plotly_chart(filters_figure(insight.first_filters(model)), key="filters")
-        st.caption("Each square is one filter of the first convolution: red weights add, blue subtract, "
-                   "white is zero; one colour scale for all of them.")
+        filters = insight.first_filters(model)
+        if filters is None:
+            st.info("This model has no convolution: no filters to show.")
+        else:
+            st.plotly_chart(filters_figure(filters), key="filters")
+            st.caption("Each square is one filter of the first convolution: red weights add, blue subtract, "
+                       "white is zero; one colour scale for all of them.")
     st.markdown("**Feature maps**: what each channel of each group of layers responds to in your drawing (bright = active).")
+    if not maps:
+        st.info("This model keeps no map of 2x2 or more after its first layer group: no feature maps to show.")
     for label, a in maps:
         st.image(grey(insight.tile(a, cols=min(len(a), 16)), size=max(600, 40 * min(len(a), 16))), caption=label)
 

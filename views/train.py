@@ -1,10 +1,12 @@
 import time
 
 import streamlit as st
+import torch
 
 from mnist_core import jobs, lab
 from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.runs import Run, RunError, list_runs
+from mnist_core.train import fast_bf16
 from views.common import (
     batch_loss_figure,
     chosen_model,
@@ -75,7 +77,9 @@ with st.expander("Settings", expanded=True):
     c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Device", DEVICES, key="tr_device")
     c2.selectbox("Precision", PRECISIONS, key="tr_precision",
-                 help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs")
+                 help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs, about 3x slower "
+                      "elsewhere; auto: bf16 where it is fast, else fp32" + (
+                          " (this machine: bf16)" if fast_bf16(torch.device("cpu")) else " (this machine's CPU: fp32)"))
     c3.number_input("Weight average (EMA decay)", min_value=0.0, max_value=0.9999, step=0.001, format="%g",
                     key="tr_ema", help="a moving average of the weights (and BatchNorm statistics), updated every "
                     "step, is what is tested and saved: smoother and usually better than the last weights; "
