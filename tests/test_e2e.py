@@ -305,6 +305,38 @@ def test_architecture_count_follows_every_control(page, app_url, shots):
     expect(total).to_have_text(f"Total params: {n:,}")
 
 
+def test_layer_editor_adds_a_layer_and_the_total_follows(page, app_url):
+    """A row added in the editor's table (glide-data-grid: a canvas, so the cell is found by its
+    place) and given a type: the list has one layer more and the total counts it."""
+    from playwright.sync_api import expect
+
+    open_page(page, app_url, "/architecture", "Architecture")
+    total = total_heading(page)
+    expect(total).to_have_text("Total params: 9,596")
+    page.get_by_role("tab", name="Edit the layers").click()
+    page.get_by_role("button", name="Add row").click()
+    grid = page.get_by_test_id("stDataFrame").filter(has=page.locator("#glide-cell-2-19"))  # row 20: the new one
+    expect(grid).to_have_count(1)
+    settle(page)
+    grid.evaluate("e => e.scrollIntoView({block: 'end'})")
+    editor = page.locator("#portal input").first  # the cell's editor, over the grid
+    for attempt in range(3):  # a double click during a re-layout can miss; the editor shows when it took
+        box = grid.bounding_box()
+        # the 'type' cell of row 20: past the row marker (32) and '#' (44); under the header and 19 rows of 35
+        page.mouse.dblclick(box["x"] + 32 + 44 + 42, box["y"] + 36 + 35 * 19 + 17)
+        try:
+            expect(editor).to_be_visible(timeout=5_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+    page.keyboard.type("bn")
+    page.keyboard.press("Enter")
+    expect(total).to_have_text("Total params: 9,616")  # a BatchNorm on the head's 10 values: 20 more
+    expect(page.get_by_label("Layers as text", exact=True)).to_have_value(ModelConfig().text + " bn")
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+
+
 def test_enter_in_the_ab_form_starts_nothing(page, app_url, runs_dir):
     """Two full trainings start from the Train A/B button only, not from Enter in its Epochs box."""
     from playwright.sync_api import expect
@@ -467,6 +499,64 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     assert sorted(d.suggested_filename for d in downloads) == ["e2e-quick-card.md", "e2e-quick.zip"]
     zipped = next(d for d in downloads if d.suggested_filename.endswith(".zip"))
     assert Path(zipped.path()).read_bytes()[:2] == b"PK"
+
+
+def test_a_list_with_padding_stride_and_depthwise_trains_and_shows_on_runs_and_draw(page, app_url, runs_dir):
+    """A model of another shape, typed on Architecture, trained from the Train page for one epoch on
+    1,000 images, then found on Runs (its card names its layers) and read with on Draw."""
+    from playwright.sync_api import expect
+
+    shapes = "conv8p1 bn relu conv8s2 bn relu conv16dw bn relu conv12k1 bn relu gap conv10k1"
+    cfg = ModelConfig.parse(shapes)
+    open_page(page, app_url, "/architecture", "Architecture")
+    text = page.get_by_label("Layers as text", exact=True)
+    text.fill(shapes)
+    text.press("Enter")
+    expect(total_heading(page)).to_have_text(f"Total params: {cfg.params:,}")
+
+    # the same session (the sidebar, not a new page load) keeps the chosen model
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Train").click()
+    expect(page.get_by_role("heading", name="Train", exact=True).first).to_be_visible()
+    settle(page)
+    expect(page.get_by_text(shapes).first).to_be_visible()
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    epochs.press("Enter")
+    settle(page)
+    choose(page, "Training images", "1,000")
+    settle(page)
+    name = page.get_by_label("Run name (optional)", exact=True)
+    name.fill("e2e-shapes")
+    name.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_role("heading", name="e2e-shapes: finished")).to_be_visible(timeout=TRAIN_WAIT)
+    config = json.loads((runs_dir / "e2e-shapes" / "config.json").read_text())
+    assert ModelConfig.from_dict(config["model"]) == cfg and config["train"]["limit_train"] == 1000
+
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Runs").click()
+    expect(page.get_by_role("heading", name="Runs", exact=True).first).to_be_visible()
+    settle(page)
+    choose(page, "Run", "e2e-shapes")
+    expect(page.get_by_role("heading", name="e2e-shapes", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Train model {shapes} ({cfg.params} params)")).to_be_visible()
+
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Draw").click()
+    expect(page.get_by_role("heading", name="Draw", exact=True).first).to_be_visible()
+    settle(page)
+    model = page.get_by_role("combobox", name="Model", exact=True)
+    model.click()
+    page.get_by_role("option", name=re.compile(r"^e2e-shapes \(")).click()
+    expect(model).to_have_value(re.compile(r"^e2e-shapes \(" + re.escape(shapes)))
+    settle(page)
+    draw(page, [(0.5, 0.15), (0.5, 0.85)])
+    expect(page.get_by_role("heading", name=re.compile(r"^Prediction: \d$"))).to_be_visible()
+    settle(page)
+    page.get_by_role("tab", name="Inside the model").click()
+    charts_drawn(page, "saliency", "filters")
+    for caption in ("layer 1 conv: 8 channels, 28x28", "layer 4 conv: 8 channels, 13x13",
+                    "layer 7 conv: 16 channels, 11x11", "layer 10 conv: 12 channels, 11x11"):
+        expect(page.get_by_test_id("stImage").filter(has=page.get_by_text(caption, exact=True))).to_have_count(1)
 
 
 # -- Insight: the confusion matrix's mistakes, the model's feature maps ------------------------

@@ -184,22 +184,25 @@ with right:
                    "a row (2.5 goes between 2 and 3). Blank cells take the defaults.")
         st.data_editor(
             layer_editor.frame(cfg), key=table_key(), on_change=on_table, num_rows="dynamic", hide_index=True,
-            width="stretch", height=min(40 + 35 * (len(cfg.layers) + 1), 760),
-            column_config={
-                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width="small"),
+            width="stretch", height=38 + 35 * (len(cfg.layers) + 1),  # every row in view, and room for a new one
+            column_config={  # widths in pixels: all ten columns fit the page's right column
+                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=44),
                 "type": st.column_config.SelectboxColumn("type", options=list(spec.LAYER_TYPES), required=True,
-                                                         help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
-                "out": st.column_config.NumberColumn(help="conv, linear: output channels", min_value=1,
+                                                         width=84, help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
+                "out": st.column_config.NumberColumn(width=54, help="conv, linear: output channels", min_value=1,
                                                      max_value=spec.MAX_CHANNELS, step=1),
-                "kernel": st.column_config.NumberColumn(help="conv (3), maxpool/avgpool (2)", min_value=1, step=1),
-                "stride": st.column_config.NumberColumn(help="conv (1), maxpool/avgpool (2)", min_value=1,
+                "kernel": st.column_config.NumberColumn(width=58, help="conv (3), maxpool/avgpool (2)", min_value=1,
+                                                        step=1),
+                "stride": st.column_config.NumberColumn(width=58, help="conv (1), maxpool/avgpool (2)", min_value=1,
                                                         max_value=spec.MAX_STRIDE, step=1),
-                "padding": st.column_config.NumberColumn(help="conv: zeros on each side (0)", min_value=0, step=1),
-                "dilation": st.column_config.NumberColumn(help="conv: spacing of the kernel's taps (1)",
+                "padding": st.column_config.NumberColumn(width=66, help="conv: zeros on each side (0)", min_value=0,
+                                                         step=1),
+                "dilation": st.column_config.NumberColumn(width=66, help="conv: spacing of the kernel's taps (1)",
                                                           min_value=1, max_value=spec.MAX_DILATION, step=1),
-                "depthwise": st.column_config.CheckboxColumn(help="conv: one filter group per input channel"),
-                "bias": st.column_config.CheckboxColumn(help="conv (off), linear (on)"),
-                "p": st.column_config.NumberColumn(help="dropout probability (0.1)", min_value=0.0,
+                "depthwise": st.column_config.CheckboxColumn("dw", width=40,
+                                                             help="depthwise (conv): one filter group per input channel"),
+                "bias": st.column_config.CheckboxColumn(width=46, help="conv (off), linear (on)"),
+                "p": st.column_config.NumberColumn(width=50, help="dropout probability (0.1)", min_value=0.0,
                                                    max_value=spec.MAX_DROPOUT, step=0.01),
             },
         )
