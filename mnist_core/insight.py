@@ -108,17 +108,15 @@ def cached_evaluation(checkpoint: Path, model: Net, test_x: torch.Tensor, test_y
 @torch.no_grad()
 def feature_maps(model: Net, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
     """(label, (C, H, W) activations) at the end of each group of layers that still has a map: a
-    conv with its BN / ReLU / dropout, or a pooling layer."""
+    conv with its BN / ReLU / dropout / residual add, or a pooling layer."""
     model.eval()
     rows = model.config.rows
     out = []
-    h = x
-    for i, (row, module) in enumerate(zip(rows, model)):
-        h = module(h)
+    for i, (row, h) in enumerate(zip(rows, model.outputs(x))):
         nxt = rows[i + 1].layer.type if i + 1 < len(rows) else None
-        if row.flat or row.out_size < 2 or nxt in ("bn", "relu", "dropout"):
-            continue  # the group goes on, or the map is gone
-        first = next(r for r in reversed(rows[: i + 1]) if r.layer.type not in ("bn", "relu", "dropout"))
+        if row.flat or row.out_size < 2 or nxt in ("bn", "relu", "dropout", "add"):
+            continue  # the group goes on (a residual add is part of its block), or the map is gone
+        first = next(r for r in reversed(rows[: i + 1]) if r.layer.type not in ("bn", "relu", "dropout", "add"))
         label = f"layer {first.index} {first.layer.type}: {row.out_channels} channels, {row.out_size}x{row.out_size}"
         out.append((label, h[0].cpu().numpy()))
     return out

@@ -13,7 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from mnist_core import export, jobs
+from mnist_core import export, jobs, spec
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.runner import card_markdown
@@ -70,7 +70,7 @@ def start_ab_batchnorm(model: ModelConfig, recipe: TrainConfig) -> list[Run]:
         widths, _, dropout = settings
         pair = [ModelConfig.template(widths, bn, dropout) for bn in (True, False)]
     elif any(lay.type == "bn" for lay in model.layers):
-        pair = [model, ModelConfig(tuple(lay for lay in model.layers if lay.type != "bn"))]
+        pair = [model, ModelConfig(tuple(spec.without(model.layers, "bn")))]
     else:
         raise RunError("A/B of BatchNorm: this model has no BatchNorm layer to take out; add bn after its "
                        "convolutions first")

@@ -30,14 +30,40 @@ from mnist_core.spec import INPUT_SIZE, Row
 
 
 class Net(nn.Sequential):
-    """The rows of cfg's plan as one flat Sequential."""
+    """The rows of cfg's plan as one flat Sequential; an `add` row adds an earlier row's output."""
 
     def __init__(self, cfg: ModelConfig):
         self.config = cfg
         super().__init__(*(_module(row) for row in cfg.rows))
+        self.kept = {m.skip for m in self if isinstance(m, Add)}  # outputs a later add needs: 0 is the input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28)
-        return super().forward(x).flatten(1)  # (B, 10, 1, 1) or (B, 10) -> (B, 10) logits
+        for x in self.outputs(x):
+            pass
+        return x.flatten(1)  # (B, 10, 1, 1) or (B, 10) -> (B, 10) logits
+
+    def outputs(self, x: torch.Tensor):
+        """Each layer's output in turn, for the whole network's input x."""
+        kept = {0: x} if 0 in self.kept else {}
+        for i, module in enumerate(self, 1):
+            x = module(x, kept[module.skip]) if isinstance(module, Add) else module(x)
+            if i in self.kept:
+                kept[i] = x
+            yield x
+
+
+class Add(nn.Module):
+    """A residual connection: this point's tensor plus the output of layer `skip`."""
+
+    def __init__(self, skip: int):
+        super().__init__()
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        return x + earlier
+
+    def extra_repr(self) -> str:
+        return f"skip={self.skip}"
 
 
 class Linear(nn.Linear):
@@ -66,6 +92,8 @@ def _module(row: Row) -> nn.Module:
         return nn.AvgPool2d(row.in_size)  # the whole remaining map, as the reference's AvgPool2d(6)
     if t == "linear":
         return Linear(row.in_channels * row.in_size**2, lay.out, bias=lay.bias)  # in_size is 1 once flat
+    if t == "add":
+        return Add(lay.skip)
     raise ValueError(f"unknown layer type {t}")
 
 

@@ -14,6 +14,8 @@ form is the command line's file format and is kept stable:
     avgpool  kernel 2, stride 2
     gap      average over the whole remaining map
     linear   out (required), bias true; flattens what it gets
+    add      skip (required): adds the output of layer `skip` (0: the input image), a residual
+             connection; the two must have the same shape
 
 The one-line text form says the same in tokens, e.g. the reference model:
 
@@ -23,6 +25,7 @@ The one-line text form says the same in tokens, e.g. the reference model:
     maxpoolk3s2, avgpool   -> kernel 3 stride 2; the default 2/2
     drop0.1, gap, bn, relu
     linear10, linear10-b   -> with bias (the default), without
+    add3                   -> adds layer 3's output to this point's: a residual connection
 
 Log-softmax / cross-entropy stays outside the list: the network ends with 10 values per image.
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 INPUT_SIZE = 28  # MNIST images are 1x28x28
 INPUT_CHANNELS = 1
@@ -52,7 +55,7 @@ class SpecError(ValueError):
 class Layer:
     """One entry of the list, with every option spelled out (defaults filled in)."""
 
-    type: str  # conv | bn | relu | dropout | maxpool | avgpool | gap | linear
+    type: str  # conv | bn | relu | dropout | maxpool | avgpool | gap | linear | add
     out: int = 0  # conv, linear: output channels / features
     kernel: int = 0  # conv (default 3), maxpool / avgpool (default 2)
     stride: int = 0  # conv (default 1), maxpool / avgpool (default 2)
@@ -61,6 +64,7 @@ class Layer:
     depthwise: bool = False  # conv: one filter group per input channel
     bias: bool = False  # conv (default off: BatchNorm's shift does that job), linear (default on)
     p: float = 0.0  # dropout probability
+    skip: int = 0  # add: the layer whose output is added (0: the input image)
 
     def to_dict(self) -> dict:
         """The JSON entry: `type` and whatever differs from that type's defaults."""
@@ -82,8 +86,9 @@ DEFAULTS: dict[str, dict] = {
     "avgpool": {"kernel": 2, "stride": 2},
     "gap": {},
     "linear": {"out": None, "bias": True},
+    "add": {"skip": None},
 }
-REQUIRED = {"conv": ("out",), "linear": ("out",)}
+REQUIRED = {"conv": ("out",), "linear": ("out",), "add": ("skip",)}
 LAYER_TYPES = tuple(DEFAULTS)
 _FIELDS = {f.name for f in fields(Layer)}
 
@@ -213,6 +218,15 @@ def plan(layers) -> list[Row]:
             flat = True
         elif t == "bn":
             params = macs = 2 * ch  # torchinfo counts one multiply-add per BatchNorm parameter
+        elif t == "add":
+            _check_range(where, "skip", lay.skip, 0, i - 1)
+            other = (INPUT_CHANNELS, INPUT_SIZE, False) if lay.skip == 0 else (
+                rows[lay.skip - 1].out_channels, rows[lay.skip - 1].out_size, rows[lay.skip - 1].flat)
+            if other != (ch, size, flat):
+                source = "the input image" if lay.skip == 0 else f"the output of layer {lay.skip}"
+                raise SpecError(f"{where}: adds {source} ({_describe_shape(*other)}) to {_describe_shape(ch, size, flat)}: "
+                                f"a residual connection needs the same shape on both sides")
+            # the sum sees what the longer path sees: this point's receptive field
         elif t == "dropout":
             if not 0.0 <= lay.p <= MAX_DROPOUT:
                 raise SpecError(f"{where}: p is {lay.p:g}: it must be between 0 and {MAX_DROPOUT:g}")
@@ -224,6 +238,10 @@ def plan(layers) -> list[Row]:
         raise SpecError(f"the network ends with {shape} values per image; it must end with {NUM_CLASSES} "
                         f"(e.g. gap then conv10k1, or linear10)")
     return rows
+
+
+def _describe_shape(ch: int, size: int, flat: bool) -> str:
+    return f"{ch} values" if flat else f"a {ch}x{size}x{size} map"
 
 
 def _check_range(where: str, key: str, value: int, lo: int, hi: int) -> None:
@@ -250,6 +268,7 @@ _TOKEN = {
     "bn": re.compile(r"bn"),
     "relu": re.compile(r"relu"),
     "gap": re.compile(r"gap"),
+    "add": re.compile(r"add(?P<skip>\d+)"),
 }
 _LETTER = {"k": "kernel", "s": "stride", "p": "padding", "d": "dilation"}
 
@@ -289,9 +308,11 @@ def _token_dict(token: str, where: str) -> dict:
             d["bias"] = g["bias"] == "+b"
         if g.get("p"):
             d["p"] = float(g["p"])
+        if g.get("skip"):
+            d["skip"] = int(g["skip"])
         return d
     raise SpecError(f"{where}: not a layer; tokens look like conv16, conv16k1, conv16s2p1, conv16dw, bn, relu, "
-                    f"drop0.1, maxpool, avgpool, gap, linear10")
+                    f"drop0.1, maxpool, avgpool, gap, linear10, add3")
 
 
 def to_text(layers) -> str:
@@ -313,6 +334,8 @@ def _token(lay: Layer) -> str:
         return f"drop{lay.p:g}"
     if t == "linear":
         return f"linear{lay.out}{'' if lay.bias else '-b'}"
+    if t == "add":
+        return f"add{lay.skip}"
     return t
 
 
@@ -373,6 +396,20 @@ def template(widths=(12, 16, 10, 12, 16, 30), batchnorm: bool = True, dropout: f
 
     return [*block(w1), *block(w2), layer("conv", out=w3, kernel=1), layer("maxpool"),
             *block(w4), *block(w5), *block(w6), layer("gap"), layer("conv", out=NUM_CLASSES, kernel=1)]
+
+
+def without(layers, kind: str) -> list[Layer]:
+    """The list without its layers of type `kind` (say, every BatchNorm), each residual `add`
+    renumbered; one that named a removed layer names the layer before it (the same shape, for
+    the shape-keeping types: bn, relu, dropout)."""
+    layers = list(layers)
+    new_index, n = {0: 0}, 0
+    for i, lay in enumerate(layers, 1):
+        if lay.type != kind:
+            n += 1
+        new_index[i] = n
+    return [replace(lay, skip=new_index[lay.skip]) if lay.type == "add" else lay
+            for lay in layers if lay.type != kind]
 
 
 def params(layers) -> int:

@@ -67,6 +67,10 @@ def test_ab_differs_only_in_batchnorm(started, tmp_path):
     (_, a, _, _), (_, b, _, _) = started
     assert a.text == "conv8p1 bn relu conv8s2 bn relu drop0.05 gap conv10k1"
     assert b.text == "conv8p1 relu conv8s2 relu drop0.05 gap conv10k1"
+    started.clear()  # a residual block: its add is renumbered with the BatchNorms gone
+    lab.start_ab_batchnorm(ModelConfig.parse("conv8p1 bn relu conv8p1 bn add3 relu gap conv10k1"), recipe)
+    (_, a, _, _), (_, b, _, _) = started
+    assert b.text == "conv8p1 relu conv8p1 add2 relu gap conv10k1" and b.params == a.params - 32
     started.clear()
     with pytest.raises(RunError, match="no BatchNorm layer"):
         lab.start_ab_batchnorm(ModelConfig.parse("conv8 relu gap conv10k1"), recipe)

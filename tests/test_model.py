@@ -139,3 +139,30 @@ def test_loss_at_init_is_near_ln10(mnist):
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(normalize(mnist.test_x[:2000])), mnist.test_y[:2000])
     assert abs(loss.item() - math.log(10)) < 0.25
+
+
+def test_a_residual_model_adds_the_earlier_output_and_survives_checkpoint_and_torchscript(tmp_path):
+    import io
+
+    import torch
+
+    from mnist_core import export, insight
+    from mnist_core.checkpoint import load_checkpoint, save_checkpoint
+    from mnist_core.config import ModelConfig
+    from mnist_core.model import build_model
+
+    cfg = ModelConfig.parse("conv8p1 bn relu conv8p1 bn add3 relu maxpool gap conv10k1")
+    torch.manual_seed(0)
+    net = build_model(cfg).eval()
+    x = torch.randn(3, 1, 28, 28)
+    outs = list(net.outputs(x))
+    assert torch.equal(outs[5], outs[4] + outs[2])  # layer 6 (add3) = layer 5's output + layer 3's
+    save_checkpoint(tmp_path / "res.pt", net)
+    again, meta = load_checkpoint(tmp_path / "res.pt")
+    assert meta["model_config"] == cfg and torch.allclose(again.eval()(x), net(x))
+    scripted = torch.jit.load(io.BytesIO(export.torchscript_bytes(net)))
+    assert torch.allclose(scripted(x), net(x), atol=1e-6)
+    # the add belongs to its block: one map for conv 4's block, after the ReLU
+    labels = [label for label, _ in insight.feature_maps(net, x[:1])]
+    assert labels == ["layer 1 conv: 8 channels, 28x28", "layer 4 conv: 8 channels, 28x28",
+                      "layer 8 maxpool: 8 channels, 14x14"]

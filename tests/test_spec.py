@@ -32,6 +32,10 @@ def random_layers(rng: random.Random) -> list:
         layers.append(layer("relu"))
         if rng.random() < 0.2:
             layers.append(layer("dropout", p=rng.choice([0.05, 0.1, 0.3])))
+        if size >= 3 and rng.random() < 0.3:  # a residual block: a padded 3x3 that keeps the shape, added
+            skip = len(layers)
+            layers += [layer("conv", out=ch, padding=1)] + ([layer("bn")] if rng.random() < 0.5 else [])
+            layers += [layer("add", skip=skip), layer("relu")]
         if size >= 4 and rng.random() < 0.3:
             pool = rng.choice(["maxpool", "avgpool"])
             layers.append(layer(pool))
@@ -62,9 +66,7 @@ def test_plan_matches_torch_for_random_lists(seed):
     rows = plan(layers)
     net = build_model(ModelConfig(tuple(layers)))
     assert sum(r.params for r in rows) == sum(p.numel() for p in net.parameters()), to_text(layers)
-    x = torch.zeros(2, 1, 28, 28)
-    for row, module in zip(rows, net):
-        x = module(x)
+    for row, x in zip(rows, net.outputs(torch.zeros(2, 1, 28, 28)), strict=True):
         assert tuple(x.shape[1:]) == row.shape, (row.name, to_text(layers))
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
@@ -91,6 +93,21 @@ def test_receptive_fields_of_known_stacks():
     # the reference: 3, 5, 5, 6, 10, 14, 18, then GAP sees everything
     convs = [r.receptive_field for r in plan(template()) if r.layer.type in ("conv", "maxpool", "gap")]
     assert convs == [3, 5, 5, 6, 10, 14, 18, 28, 28]
+
+
+def test_a_residual_block_adds_no_parameters_and_keeps_the_receptive_field_of_the_longer_path():
+    block = plan(parse_text("conv8p1 bn relu conv8p1 bn add3 relu gap conv10k1"))
+    assert [r.shape for r in block][6] == (8, 28, 28) and block[6].params == 0
+    assert block[6].receptive_field == block[5].receptive_field == 5
+    assert to_json(parse_text("add0"))["layers"] == [{"type": "add", "skip": 0}]
+
+
+def test_taking_out_a_layer_type_renumbers_the_residual_adds():
+    layers = parse_text("conv8p1 bn relu conv8p1 bn add3 relu gap conv10k1")
+    assert to_text(spec.without(layers, "bn")) == "conv8p1 relu conv8p1 add2 relu gap conv10k1"
+    # an add that named a removed layer names the layer before it (the same shape)
+    assert to_text(spec.without(parse_text("conv8p1 bn conv8p1 add2 gap conv10k1"), "bn")) == \
+        "conv8p1 conv8p1 add1 gap conv10k1"
 
 
 def test_text_and_json_round_trip():
@@ -140,6 +157,10 @@ def test_json_keeps_only_what_differs_from_the_defaults():
         ("conv8 relu! gap", "token 2 'relu!': not a layer"),
         ("conv8k3k5 gap conv10k1", "token 1 'conv8k3k5': 'k' is given twice"),
         ("", "the layer list is empty"),
+        ("conv8 relu add3 gap conv10k1", "layer 3 (add): skip is 3: it must be between 0 and 2"),
+        ("conv8 relu add1 conv8 add0 gap conv10k1", "layer 5 (add): adds the input image (a 1x28x28 map) to a 8x24x24 map"),
+        ("conv8p1 relu conv16p1 add2 gap conv10k1", "layer 4 (add): adds the output of layer 2 (a 8x28x28 map) to a 16x28x28 map"),
+        ('{"layers": [{"type": "add"}]}', "layer 1 (add): 'skip' is required"),
     ],
 )
 def test_bad_designs_are_refused_naming_the_row_and_reason(design, message):

@@ -18,6 +18,7 @@ LABELS = {
 ABOUT = {
     "conv": "convolution", "bn": "BatchNorm", "relu": "ReLU", "dropout": "dropout", "maxpool": "max-pool",
     "avgpool": "average pool", "gap": "global average pool", "linear": "fully connected",
+    "add": "residual: adds an earlier layer's output",
 }
 
 
@@ -171,7 +172,8 @@ with right:
     st.text_input("Layers as text", key="arch_spec", on_change=on_spec,
                   help="One token per layer, for copy and paste: conv16 (3x3), conv16k1 (1x1), conv16s2p1 "
                        "(stride 2, padding 1), conv16dw (depthwise), conv16+b (with bias), bn, relu, drop0.1, "
-                       "maxpool, avgpool, gap, linear10. The JSON form ({\"layers\": [...]}) is accepted too.")
+                       "maxpool, avgpool, gap, linear10, add3 (adds layer 3's output: a residual connection). "
+                       "The JSON form ({\"layers\": [...]}) is accepted too.")
     plan, edit = st.tabs(["Layer table", "Edit the layers"])
     with plan:
         df = plan_frame(cfg)
@@ -185,25 +187,27 @@ with right:
         st.data_editor(
             layer_editor.frame(cfg), key=table_key(), on_change=on_table, num_rows="dynamic", hide_index=True,
             width="stretch", height=38 + 35 * (len(cfg.layers) + 1),  # every row in view, and room for a new one
-            column_config={  # widths in pixels: all ten columns fit the page's right column
-                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=44),
+            column_config={  # widths in pixels: all eleven columns fit the page's right column
+                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=40),
                 "type": st.column_config.SelectboxColumn("type", options=list(spec.LAYER_TYPES), required=True,
-                                                         width=84, help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
+                                                         width=78, help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
                 "out": st.column_config.NumberColumn(width=54, help="conv, linear: output channels", min_value=1,
                                                      max_value=spec.MAX_CHANNELS, step=1),
                 "kernel": st.column_config.NumberColumn(width=58, help="conv (3), maxpool/avgpool (2)", min_value=1,
                                                         step=1),
                 "stride": st.column_config.NumberColumn(width=58, help="conv (1), maxpool/avgpool (2)", min_value=1,
                                                         max_value=spec.MAX_STRIDE, step=1),
-                "padding": st.column_config.NumberColumn(width=66, help="conv: zeros on each side (0)", min_value=0,
+                "padding": st.column_config.NumberColumn(width=64, help="conv: zeros on each side (0)", min_value=0,
                                                          step=1),
-                "dilation": st.column_config.NumberColumn(width=66, help="conv: spacing of the kernel's taps (1)",
+                "dilation": st.column_config.NumberColumn(width=64, help="conv: spacing of the kernel's taps (1)",
                                                           min_value=1, max_value=spec.MAX_DILATION, step=1),
                 "depthwise": st.column_config.CheckboxColumn("dw", width=40,
                                                              help="depthwise (conv): one filter group per input channel"),
                 "bias": st.column_config.CheckboxColumn(width=46, help="conv (off), linear (on)"),
                 "p": st.column_config.NumberColumn(width=50, help="dropout probability (0.1)", min_value=0.0,
                                                    max_value=spec.MAX_DROPOUT, step=0.01),
+                "skip": st.column_config.NumberColumn(width=48, help="add: the layer whose output is added here "
+                                                      "(0: the input image)", min_value=0, step=1),
             },
         )
     with st.expander("As JSON, the command line's --arch file"):

@@ -16,7 +16,7 @@ import pandas as pd
 from mnist_core import spec
 from mnist_core.config import ModelConfig
 
-OPTIONS = ["out", "kernel", "stride", "padding", "dilation", "depthwise", "bias", "p"]
+OPTIONS = ["out", "kernel", "stride", "padding", "dilation", "depthwise", "bias", "p", "skip"]
 
 
 def frame(cfg: ModelConfig) -> pd.DataFrame:
@@ -27,7 +27,7 @@ def frame(cfg: ModelConfig) -> pd.DataFrame:
         row.update({key: getattr(lay, key) for key in spec.DEFAULTS[lay.type]})
         rows.append(row)
     df = pd.DataFrame(rows, columns=["#", "type", *OPTIONS])
-    for key in ("out", "kernel", "stride", "padding", "dilation"):
+    for key in ("out", "kernel", "stride", "padding", "dilation", "skip"):
         df[key] = df[key].astype("Int64")
     for key in ("depthwise", "bias"):
         df[key] = df[key].astype("boolean")
