@@ -260,7 +260,7 @@ def test_architecture_count_follows_every_control(page, app_url, shots):
     open_page(page, app_url, "/architecture", "Architecture")
     total = total_heading(page)
     expect(total).to_have_text("Total params: 9,596")
-    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_role("tabpanel", name="Layer table").get_by_test_id("stDataFrame")).to_be_visible()
     page.screenshot(path=str(shots / "architecture.png"))
 
     # BatchNorm off and on
