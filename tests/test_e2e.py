@@ -322,8 +322,8 @@ def test_layer_editor_adds_a_layer_and_the_total_follows(page, app_url):
     editor = page.locator("#portal input").first  # the cell's editor, over the grid
     for attempt in range(3):  # a double click during a re-layout can miss; the editor shows when it took
         box = grid.bounding_box()
-        # the 'type' cell of row 20: past the row marker (32) and '#' (40); under the header and 19 rows of 35
-        page.mouse.dblclick(box["x"] + 32 + 40 + 39, box["y"] + 36 + 35 * 19 + 17)
+        # the type cell of row 20: past the row marker (32) and # (44); under the header and 19 rows of 35
+        page.mouse.dblclick(box["x"] + 32 + 44 + 39, box["y"] + 36 + 35 * 19 + 17)
         try:
             expect(editor).to_be_visible(timeout=5_000)
             break

@@ -183,30 +183,31 @@ with right:
                                                                            "output value of the layer sees")})
     with edit:
         st.caption("Change a cell, add a row at the bottom, select rows to delete them; change **#** to move "
-                   "a row (2.5 goes between 2 and 3). Blank cells take the defaults.")
+                   "a row (2.5 goes between 2 and 3). Blank cells take the defaults. k, s, pad, dil: kernel, "
+                   "stride, padding, dilation; dw: depthwise; p: dropout; skip: the layer an add takes.")
         st.data_editor(
             layer_editor.frame(cfg), key=table_key(), on_change=on_table, num_rows="dynamic", hide_index=True,
             width="stretch", height=38 + 35 * (len(cfg.layers) + 1),  # every row in view, and room for a new one
             column_config={  # widths in pixels: all eleven columns fit the page's right column
-                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=40),
+                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=44),
                 "type": st.column_config.SelectboxColumn("type", options=list(spec.LAYER_TYPES), required=True,
                                                          width=78, help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
-                "out": st.column_config.NumberColumn(width=54, help="conv, linear: output channels", min_value=1,
+                "out": st.column_config.NumberColumn(width=56, help="conv, linear: output channels", min_value=1,
                                                      max_value=spec.MAX_CHANNELS, step=1),
-                "kernel": st.column_config.NumberColumn(width=58, help="conv (3), maxpool/avgpool (2)", min_value=1,
+                "kernel": st.column_config.NumberColumn("k", width=44, help="kernel: conv (3), maxpool/avgpool (2)", min_value=1,
                                                         step=1),
-                "stride": st.column_config.NumberColumn(width=58, help="conv (1), maxpool/avgpool (2)", min_value=1,
+                "stride": st.column_config.NumberColumn("s", width=44, help="stride: conv (1), maxpool/avgpool (2)", min_value=1,
                                                         max_value=spec.MAX_STRIDE, step=1),
-                "padding": st.column_config.NumberColumn(width=64, help="conv: zeros on each side (0)", min_value=0,
+                "padding": st.column_config.NumberColumn("pad", width=54, help="padding (conv): zeros on each side (0)", min_value=0,
                                                          step=1),
-                "dilation": st.column_config.NumberColumn(width=64, help="conv: spacing of the kernel's taps (1)",
+                "dilation": st.column_config.NumberColumn("dil", width=50, help="dilation (conv): spacing of the kernel's taps (1)",
                                                           min_value=1, max_value=spec.MAX_DILATION, step=1),
-                "depthwise": st.column_config.CheckboxColumn("dw", width=40,
+                "depthwise": st.column_config.CheckboxColumn("dw", width=48,
                                                              help="depthwise (conv): one filter group per input channel"),
-                "bias": st.column_config.CheckboxColumn(width=46, help="conv (off), linear (on)"),
-                "p": st.column_config.NumberColumn(width=50, help="dropout probability (0.1)", min_value=0.0,
+                "bias": st.column_config.CheckboxColumn(width=56, help="conv (off), linear (on)"),
+                "p": st.column_config.NumberColumn(width=52, help="dropout probability (0.1)", min_value=0.0,
                                                    max_value=spec.MAX_DROPOUT, step=0.01),
-                "skip": st.column_config.NumberColumn(width=48, help="add: the layer whose output is added here "
+                "skip": st.column_config.NumberColumn(width=56, help="add: the layer whose output is added here "
                                                       "(0: the input image)", min_value=0, step=1),
             },
         )
