@@ -233,6 +233,8 @@ def accuracy_bench(preset: Preset, seeds: list[int], goal: float = 99.4, print_f
             if r["kind"] != "epoch":
                 return
             accs.append(r["test_acc"])
+            print_fn(f"  seed {seed} epoch {r['epoch']}/{r['epochs']}: test {r['test_acc']:.2f}% "
+                     f"({time.perf_counter() - start:.0f} s)")
             if reached is None and r["test_acc"] >= goal:
                 reached = (r["epoch"], time.perf_counter() - start)
 
