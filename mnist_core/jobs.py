@@ -25,7 +25,7 @@ from pathlib import Path
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.files import UnreadableFile, describe_os_error, open_regular, read_tail
-from mnist_core.runs import NAME_RE, Run, RunError, list_runs
+from mnist_core.runs import NAME_RE, Run, RunError
 from mnist_core.runner import write_card
 from mnist_core.train import check_can_train
 

@@ -110,7 +110,8 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_s
     the training's test pass, the Runs page's confusion matrix and the Draw page's reading."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else x.device
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device)

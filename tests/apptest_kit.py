@@ -1,10 +1,12 @@
 """Helpers shared by the tests: AppTest pages and buttons, tiny trained runs, free ports."""
 
 import socket
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from mnist_core import jobs
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.runner import train_run
 from mnist_core.runs import Run
@@ -45,3 +47,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_idle(runs_dir: Path, timeout: float = 240) -> None:
+    """Until no training holds the runs folder's lock (polling; fails after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while jobs.active(runs_dir) is not None:
+        assert time.monotonic() < deadline, f"the training process did not end in {timeout} s"
+        time.sleep(0.2)

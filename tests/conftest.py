@@ -34,6 +34,23 @@ def app(runs_dir):
     return at
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist) -> Path:
+    """A finished one-epoch run on 320 images, tested on 100, trained once per module (a module may
+    define its own)."""
+    from apptest_kit import finished_tiny_run
+
+    return finished_tiny_run(tmp_path_factory.mktemp("trained"), mnist, limit_train=320, limit_test=100)
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled model (models/bundled.pt), loaded once."""
+    from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+
+    return load_checkpoint(BUNDLED_CHECKPOINT)[0]
+
+
 @pytest.fixture
 def finished_run(runs_dir, trained):
     """A copy of the module's `trained` run in the fresh runs folder."""

@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 
 from mnist_core.__main__ import main
-from mnist_core.model import build_model
 from mnist_core.config import ModelConfig
-from mnist_core.checkpoint import BUNDLED_CHECKPOINT, save_checkpoint
+from mnist_core.checkpoint import BUNDLED_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 

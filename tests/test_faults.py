@@ -34,7 +34,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import button, free_port
+from apptest_kit import button, free_port, texts
 from mnist_core import jobs
 from mnist_core import checkpoint as checkpoint_mod
 from mnist_core.__main__ import main
@@ -94,10 +94,6 @@ def kill_quietly(pid) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, TypeError):
         pass
-
-
-def texts(elements) -> list[str]:
-    return [e.value for e in elements]
 
 
 def one_error_line(code: int, err: str) -> str:

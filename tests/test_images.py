@@ -17,15 +17,11 @@ from PIL import Image
 from paper import CONDITIONS, blank_paper, on_paper
 from test_run_files import big_png_header
 
-from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 from mnist_core.draw import EmptyDrawing, ImageError, load_image, predict
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return load_checkpoint(BUNDLED_CHECKPOINT)[0]
 
 
 @pytest.mark.parametrize("condition", CONDITIONS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +18,7 @@ from unittest import mock
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import chart_keys, finished_tiny_run, page, texts
+from apptest_kit import chart_keys, finished_tiny_run, page, texts, wait_idle
 
 from mnist_core import handwriting, insight, jobs
 from mnist_core.bench import synthetic_drawing
@@ -45,13 +44,6 @@ def tab(at: AppTest, label: str):
     found = [t for t in at.tabs if t.label == label]
     assert len(found) == 1, [t.label for t in at.tabs]
     return found[0]
-
-
-def wait_idle(runs_dir: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while jobs.active(runs_dir) is not None:
-        assert time.monotonic() < deadline, f"the training process did not end in {timeout} s"
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """The five pages under Streamlit's AppTest: each script runs headless against a fresh runs folder."""
 
-import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import button, chart_keys, finished_tiny_run, page, texts
+from apptest_kit import button, chart_keys, page, texts, wait_idle
 
 from mnist_core import jobs
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
@@ -24,10 +23,6 @@ def total(at: AppTest) -> str:
     return heads[0]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mnist) -> Path:
-    """A finished one-epoch run on 320 images, tested on 100, trained once for the module."""
-    return finished_tiny_run(tmp_path_factory.mktemp("trained"), mnist, limit_train=320, limit_test=100)
 
 
 # -- every page ------------------------------------------------------------------------------
@@ -129,13 +124,6 @@ def test_architecture_preset_and_template_reset_the_text_form(app):
 
 
 # -- Train -------------------------------------------------------------------------------------
-
-
-def wait_idle(runs_dir: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while jobs.active(runs_dir) is not None:
-        assert time.monotonic() < deadline, "the training process did not end"
-        time.sleep(0.2)
 
 
 def test_train_page_refuses_a_second_concurrent_training(app, runs_dir, monkeypatch):

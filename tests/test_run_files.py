@@ -18,7 +18,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import button, finished_tiny_run, page, texts
+from apptest_kit import button, page, texts
 from mnist_core import jobs
 from mnist_core.runs import MetricsLog, Run, list_runs
 
@@ -27,9 +27,6 @@ PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mnist) -> Path:
-    return finished_tiny_run(tmp_path_factory.mktemp("trained"), mnist, limit_train=320, limit_test=100)
 
 
 @pytest.fixture(scope="module")

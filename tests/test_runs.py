@@ -5,7 +5,6 @@ import os
 import pickle
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
