@@ -13,7 +13,8 @@ from mnist_core import spec
 from mnist_core.spec import WIDTH_NAMES
 
 MAX_WIDTH = 128  # template sliders: beyond this the "tiny CNN" is neither tiny nor trainable on a laptop
-SCHEDULERS = ("none", "step", "onecycle")
+SCHEDULERS = ("none", "step", "multistep", "onecycle", "cosine", "plateau")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware has fast bf16 (AMX, AVX-512 BF16, CUDA), else fp32
 
@@ -122,13 +123,13 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 15  # passes over the training set
     batch_size: int = 64  # images per optimizer step
-    lr: float = 0.01  # SGD learning rate (peak rate for onecycle)
+    lr: float = 0.01  # learning rate (the peak rate for onecycle and cosine)
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 0.0  # L2 penalty
-    scheduler: str = "none"  # none | step | onecycle
+    weight_decay: float = 0.0  # L2 penalty (AdamW: decoupled weight decay)
+    scheduler: str = "none"  # none | step | multistep | onecycle | cosine | plateau
     step_size: int = 6  # step: epochs between decays
-    gamma: float = 0.1  # step: decay factor
-    augment: float = 0.0  # random rotation in degrees (with a matching small shift/scale); 0 = off
+    gamma: float = 0.1  # step, multistep, plateau: the factor each decay multiplies the rate by
+    augment: float = 0.0  # shorthand, as before: rotation up to this many degrees, shift up to a quarter of it in pixels, scale within 1 +- 1/100 of it
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     ema: float = 0.0  # decay of a moving average of the weights and BatchNorm statistics, updated every step: the average is tested and saved (0 = off)
     seed: int = 1  # same seed, same device -> same run
@@ -141,9 +142,30 @@ class TrainConfig:
     start_epoch: int = 0  # epochs already done by the parent run: numbering continues after them
     handwriting: str | None = None  # folder of the user's labelled drawings, added to the training set
     handwriting_repeat: int = 20  # each drawing appears this many times per epoch (there are few)
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum above 0)
+    milestones: tuple[int, ...] = ()  # multistep: the epochs after which the rate is multiplied by gamma
+    warmup_pct: float = 0.25  # onecycle: share of the steps that warm up from lr / 10 to lr
+    final_div: float = 100.0  # onecycle: the last rate is the first one divided by this
+    warmup_epochs: int = 0  # cosine: epochs of linear warm-up from lr / 10 before the cosine decay to 0
+    patience: int = 2  # plateau: epochs without a better test loss before the rate is multiplied by gamma
+    clip_grad: float = 0.0  # clip the gradients' total norm to this; 0 = off
+    rotate: float = 0.0  # augmentation: random rotation up to +- this many degrees
+    translate: float = 0.0  # augmentation: random shift up to +- this many pixels, each way
+    scale: float = 0.0  # augmentation: random zoom within 1 +- this
+    shear: float = 0.0  # augmentation: random shear up to +- this many degrees
+    erase: float = 0.0  # augmentation: the share of images in which a random patch is erased (cutout)
 
     def __post_init__(self):
+        object.__setattr__(self, "milestones", _whole_tuple("milestones", self.milestones))
         self.validate()
+
+    def augmentation(self) -> dict:
+        """The augmentation as it is applied: the separate controls, with `augment`, the shorthand,
+        filling rotation, shift and scale where they are 0."""
+        a = self.augment
+        return {"rotate": self.rotate or a, "translate": self.translate or a / 4, "scale": self.scale or a / 100,
+                "shear": self.shear, "erase": self.erase}
 
     def validate(self) -> None:
         def whole(name, lo, hi=None):
@@ -186,6 +208,79 @@ class TrainConfig:
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 whole(name, 1)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"nesterov must be true or false, got {self.nesterov!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError("nesterov needs the SGD optimizer with momentum above 0")
+        number("warmup_pct", 0.0, 1.0, lo_open=True, hi_open=True)
+        number("final_div", 1.0, 1e6)
+        whole("warmup_epochs", 0, max(self.epochs - 1, 0))
+        whole("patience", 0, 100)
+        number("clip_grad", 0.0, 1e6)
+        number("rotate", 0.0, 180.0)
+        number("translate", 0.0, 14.0)
+        number("scale", 0.0, 0.9)
+        number("shear", 0.0, 60.0)
+        number("erase", 0.0, 1.0)
+        if self.scheduler == "multistep":
+            if not self.milestones:
+                raise ConfigError("the multistep schedule needs milestones: the epochs after which the rate decays, "
+                                  "e.g. 5,10")
+            for m in self.milestones:
+                if not 1 <= m < self.epochs:
+                    raise ConfigError(f"milestone {m} is not before the last epoch: each must be between 1 and "
+                                      f"{self.epochs - 1} for {self.epochs} epochs")
+            if list(self.milestones) != sorted(set(self.milestones)):
+                raise ConfigError(f"milestones must go up, each once: got {','.join(map(str, self.milestones))}")
+        elif self.milestones:
+            raise ConfigError(f"milestones go with the multistep schedule, not {self.scheduler}")
+        if self.warmup_epochs and self.scheduler != "cosine":
+            raise ConfigError(f"warmup-epochs goes with the cosine schedule, not {self.scheduler} "
+                              f"(OneCycle warms up by its warmup-pct)")
+
+    def recipe(self) -> dict:
+        """What a card and a comparison need to know of the recipe: the settings that apply."""
+        return recipe_of(self)
+
+
+def _whole_tuple(name: str, value) -> tuple:
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise ConfigError(f"{name} must be whole numbers, got {list(value)!r}")
+        return tuple(value)
+    raise ConfigError(f"{name} must be a list of whole numbers, got {value!r}")
+
+
+def recipe_of(t: TrainConfig) -> dict:
+    """The settings of t that take effect, in words a card can use (a schedule's own settings only
+    when it is that schedule, augmentation only when on)."""
+    out = {"optimizer": t.optimizer + (" (Nesterov)" if t.nesterov else ""), "lr": t.lr}
+    if t.optimizer == "sgd":
+        out["momentum"] = t.momentum
+    if t.weight_decay:
+        out["weight decay"] = t.weight_decay
+    out["schedule"] = {
+        "none": "constant rate",
+        "step": f"StepLR x{t.gamma:g} every {t.step_size} epochs",
+        "multistep": f"x{t.gamma:g} after epochs {', '.join(map(str, t.milestones))}",
+        "onecycle": f"OneCycle, {t.warmup_pct:.0%} warm-up, final rate lr/{10 * t.final_div:g}",
+        "cosine": "cosine to 0" + (f" after {t.warmup_epochs} warm-up epochs" if t.warmup_epochs else ""),
+        "plateau": f"x{t.gamma:g} when the test loss has not improved for {t.patience} epochs",
+    }[t.scheduler]
+    aug = t.augmentation()
+    parts = [f"rotation {aug['rotate']:g}°" if aug["rotate"] else "", f"shift {aug['translate']:g} px" if aug["translate"] else "",
+             f"scale {aug['scale']:g}" if aug["scale"] else "", f"shear {aug['shear']:g}°" if aug["shear"] else "",
+             f"erasing {aug['erase']:g}" if aug["erase"] else ""]
+    out["augmentation"] = ", ".join(p for p in parts if p) or "none"
+    if t.label_smoothing:
+        out["label smoothing"] = t.label_smoothing
+    if t.clip_grad:
+        out["gradient clipping"] = t.clip_grad
+    if t.ema:
+        out["weight average (EMA)"] = t.ema
+    return out
 
 
 @dataclass(frozen=True)
@@ -197,8 +292,8 @@ class Preset:
 
 
 # The recipe of the small presets: what takes them to 99.4% in 15 epochs (BENCHMARKS.md).
-LEAN_RECIPE = TrainConfig(epochs=15, batch_size=128, lr=0.2, scheduler="onecycle", augment=6.0, weight_decay=1e-4,
-                          precision="auto", ema=0.998)
+LEAN_RECIPE = TrainConfig(epochs=15, batch_size=128, lr=0.2, scheduler="onecycle", rotate=6.0, translate=1.5,
+                          scale=0.06, weight_decay=1e-4, precision="auto", ema=0.998)
 
 # `reference` is the notebook experiment as logged: Conv-BN-ReLU, 9,596 parameters, batch 64,
 # 15 epochs, plain SGD at lr 0.01 with momentum 0.9, no schedule and no augmentation (its
@@ -286,6 +381,7 @@ def _from_dict(cls, d):
 
 __all__ = [
     "ConfigError",
+    "OPTIMIZERS",
     "ModelConfig",
     "TrainConfig",
     "Preset",

@@ -132,26 +132,49 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def augment(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random affine per sample, for the whole batch at once, on x's device.
+def augment(x: torch.Tensor, rotate: float = 0.0, translate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
+            erase: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random augmentation per sample, for the whole batch at once, on x's device: no per-image Python.
 
-    x: (B, 1, 28, 28) float in [0, 1] (ink on 0, so the zero padding is background).
-    strength s: rotation up to +-s degrees, shift up to +-s/4 pixels, scale within 1 +- s/100.
+    x: (B, 1, H, W) float in [0, 1] (ink on 0, so the zero padding is background).
+    rotate: up to +- degrees; translate: up to +- pixels each way; scale: zoom within 1 +- scale;
+    shear: up to +- degrees (horizontal); erase: the share of images in which one random square
+    patch, a quarter to a half of the side, is set to background (cutout).
+    The affine part draws its random numbers as the single `augment` strength always did, so a
+    rotation of s with a shift of s/4 and a scale of s/100 repeats an old run exactly.
     """
-    if strength <= 0:
-        return x
-    b = x.shape[0]
-    u = torch.rand(b, 4, device=x.device, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
-    angle = u[:, 0] * math.radians(strength)
-    scale = 1 + u[:, 1] * strength / 100
-    shift = u[:, 2:] * (strength / 4) * (2 / x.shape[-1])  # pixels -> grid units of [-1, 1]
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    b, _, h, w = x.shape
+    if rotate or translate or scale or shear:
+        u = torch.rand(b, 4, device=x.device, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
+        angle = u[:, 0] * math.radians(rotate)
+        zoom = 1 + u[:, 1] * scale
+        shift = u[:, 2:] * translate * (2 / w)  # pixels -> grid units of [-1, 1]
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        rows = [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)]
+        theta = torch.stack(rows, 1)  # (B, 2, 3): output grid -> input grid
+        if shear:
+            k = torch.tan((torch.rand(b, device=x.device, generator=generator) * 2 - 1) * math.radians(shear))
+            theta = theta.clone()
+            theta[:, 0, 1] = theta[:, 0, 1] + k * theta[:, 0, 0]  # x' = x + k y, applied before the rotation
+            theta[:, 1, 1] = theta[:, 1, 1] + k * theta[:, 1, 0]
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if erase:
+        v = torch.rand(b, 4, device=x.device, generator=generator)  # (B, 4): erase?, side, centre x, centre y
+        side = (0.25 + 0.25 * v[:, 1]) * w
+        cx, cy = v[:, 2] * w, v[:, 3] * h
+        xs = torch.arange(w, device=x.device).view(1, 1, w) + 0.5
+        ys = torch.arange(h, device=x.device).view(1, h, 1) + 0.5
+        patch = ((xs - cx.view(b, 1, 1)).abs() < side.view(b, 1, 1) / 2) & \
+                ((ys - cy.view(b, 1, 1)).abs() < side.view(b, 1, 1) / 2)  # (B, H, W)
+        patch &= (v[:, 0] < erase).view(b, 1, 1)
+        x = x.masked_fill(patch.unsqueeze(1), 0.0)
+    return x
 
 
-def training_batch(x_uint8: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A training batch as the model sees it: (B, 28, 28) uint8 -> augmented, normalised (B, 1, 28, 28)."""
+def training_batch(x_uint8: torch.Tensor, augmentation: dict | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """A training batch as the model sees it: (B, 28, 28) uint8 -> augmented, normalised (B, 1, 28, 28).
+    augmentation: augment()'s keyword arguments (TrainConfig.augmentation())."""
     x = x_uint8.unsqueeze(1).float().div_(255)
-    return normalize(augment(x, strength, generator))
+    return normalize(augment(x, **(augmentation or {}), generator=generator))

@@ -121,20 +121,53 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_s
     return Scores(logits, None if y is None else y.to(device))
 
 
-def make_optimizer(model: Net, cfg: TrainConfig, steps_per_epoch: int):
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.scheduler == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-        per_batch = False
-    elif cfg.scheduler == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25,
-            div_factor=10, final_div_factor=100,
-        )
-        per_batch = True
-    else:
-        sched, per_batch = None, False
-    return opt, sched, per_batch
+def make_optimizer(model: Net, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+class Schedule:
+    """The learning-rate schedule of a recipe, stepped as each kind needs: OneCycle and cosine after
+    every batch, step and multistep after every epoch, plateau after every epoch on the test loss."""
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        S = torch.optim.lr_scheduler
+        kind, total = cfg.scheduler, cfg.epochs * steps_per_epoch
+        self.per_batch = kind in ("onecycle", "cosine")
+        self.on_loss = kind == "plateau"
+        if kind == "step":
+            self.sched = S.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        elif kind == "multistep":
+            self.sched = S.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        elif kind == "onecycle":
+            self.sched = S.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_pct,
+                                      div_factor=10, final_div_factor=cfg.final_div)
+        elif kind == "cosine":
+            warm = cfg.warmup_epochs * steps_per_epoch
+            cosine = S.CosineAnnealingLR(opt, T_max=total - warm)
+            self.sched = cosine if not warm else S.SequentialLR(
+                opt, [S.LinearLR(opt, start_factor=0.1, total_iters=warm), cosine], milestones=[warm])
+        elif kind == "plateau":
+            self.sched = S.ReduceLROnPlateau(opt, mode="min", factor=cfg.gamma, patience=cfg.patience)
+        else:
+            self.sched = None
+
+    def after_batch(self) -> None:
+        if self.sched is not None and self.per_batch:
+            self.sched.step()
+
+    def after_epoch(self, test_loss: float) -> None:
+        if self.sched is None or self.per_batch:
+            return
+        if self.on_loss:
+            self.sched.step(test_loss)
+        else:
+            self.sched.step()
 
 
 @dataclass
@@ -195,7 +228,8 @@ def train(
     model = model.to(device)
     n = len(data.train_x)
     batches = math.ceil(n / cfg.batch_size)
-    opt, sched, sched_per_batch = make_optimizer(model, cfg, batches)
+    opt = make_optimizer(model, cfg)
+    schedule = Schedule(opt, cfg, batches)
     # With cfg.ema, a moving average of the weights and BatchNorm statistics is what is tested, saved
     # and returned; the optimizer keeps stepping the live weights.
     average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
@@ -207,8 +241,7 @@ def train(
     step = cfg.start_epoch * batches
     for epoch in range(first, last + 1):
         t0 = time.perf_counter()
-        step, trained = train_epoch(model, opt, sched if sched_per_batch else None, average, data, cfg, gen, epoch,
-                                    step, callback, should_stop)
+        step, trained = train_epoch(model, opt, schedule, average, data, cfg, gen, epoch, step, callback, should_stop)
         if trained is None:  # stopped mid-epoch
             record = {"kind": "stopped", "epoch": epoch, "batch": step - (epoch - 1) * batches, "step": step}
             callback(record)
@@ -216,10 +249,9 @@ def train(
                 checkpoint(tested, record, False)
             return TrainResult(tested, epoch - first, True, max(best_acc, 0.0), best_epoch)
         lr = opt.param_groups[0]["lr"]  # the rate of this epoch's last step
-        if sched is not None and not sched_per_batch:
-            sched.step()
         train_seconds = time.perf_counter() - t0
         test = evaluate(tested, data.test_x, data.test_y, cfg.eval_batch_size)
+        schedule.after_epoch(test.loss)
         record = {
             "kind": "epoch", "epoch": epoch, "epochs": last, **trained,
             "test_loss": test.loss, "test_acc": test.acc, "test_correct": test.correct, "test_total": len(data.test_x),
@@ -235,7 +267,7 @@ def train(
     return TrainResult(tested, cfg.epochs, False, best_acc, best_epoch)
 
 
-def train_epoch(model: Net, opt, batch_sched, average, data: MNIST, cfg: TrainConfig, gen: torch.Generator,
+def train_epoch(model: Net, opt, schedule: Schedule, average, data: MNIST, cfg: TrainConfig, gen: torch.Generator,
                 epoch: int, step: int, callback: Callback, should_stop: Callable[[], bool]) -> tuple[int, dict | None]:
     """One pass over the shuffled training set, a "batch" record per step. Returns the step count
     and {"train_loss", "train_acc"}, or None in its place when should_stop() said stop."""
@@ -245,24 +277,26 @@ def train_epoch(model: Net, opt, batch_sched, average, data: MNIST, cfg: TrainCo
     n = len(data.train_x)
     batches = math.ceil(n / cfg.batch_size)
     bf16 = use_bf16(cfg.precision, device)  # autocast: convolutions in bfloat16 (AMX / AVX-512 BF16: about 1.9x)
+    augmentation = cfg.augmentation()
     perm = torch.randperm(n, device=device, generator=gen)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for b in range(batches):
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = training_batch(data.train_x[idx], cfg.augment, gen)  # (B, 1, 28, 28)
+        x = training_batch(data.train_x[idx], augmentation, gen)  # (B, 1, 28, 28)
         y = data.train_y[idx]  # (B,)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()  # (B, 10)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         opt.step()
         if average is not None:
             average.update_parameters(model)
-        if batch_sched is not None:
-            batch_sched.step()
+        schedule.after_batch()
         step += 1
         seen += len(y)
         loss_sum += loss.detach() * len(y)

@@ -6,6 +6,7 @@ import pytest
 from mnist_core.__main__ import main
 
 
+@pytest.mark.process  # loads MNIST
 def test_bench_quick_runs_and_prints_its_figures(capsys):
     assert main(["bench", "--quick", "--batches", "3"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -32,6 +33,7 @@ def tiny_quick(monkeypatch):
                         replace(quick, train=replace(quick.train, limit_train=1280, limit_test=500)))
 
 
+@pytest.mark.process  # loads MNIST
 def test_bench_accuracy_trains_each_seed_and_reports_the_goal(capsys, tiny_quick):
     assert main(["bench", "--accuracy", "quick", "--seeds", "1,2", "--goal", "10"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -45,6 +47,7 @@ def test_bench_accuracy_trains_each_seed_and_reports_the_goal(capsys, tiny_quick
     assert re.fullmatch(r"time to goal, median of 2 seeds: \d+ s", out[-1])
 
 
+@pytest.mark.process  # loads MNIST
 def test_bench_accuracy_says_never_when_the_goal_is_not_reached(capsys, tiny_quick):
     assert main(["bench", "--accuracy", "quick", "--seeds", "3", "--goal", "100"]) == 0
     out = capsys.readouterr().out

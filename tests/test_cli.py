@@ -52,7 +52,7 @@ def test_summary_prints_reference_total(capsys):
         (["train", "--batch-size", "0"], "batch-size is 0"),
         (["train", "--batch-size", "600", "--limit-train", "500"], "larger than the training set"),
         (["train", "--device", "tpu"], "device 'tpu' is unknown"),
-        (["train", "--scheduler", "cosine"], "invalid choice"),
+        (["train", "--scheduler", "cyclic"], "invalid choice"),
         (["train", "--preset", "huge"], "preset 'huge' is unknown"),
         (["train", "--limit-train", "ten"], "expected a whole number"),
         (["train", "--name", "../../etc"], "run name"),
@@ -216,6 +216,7 @@ def test_arch_files_that_are_not_designs_are_refused(capsys, tmp_path):
     assert_one_error_line(code, err, "--arch goes with --accuracy")
 
 
+@pytest.mark.process  # loads MNIST
 def test_train_takes_a_layer_list_and_its_checkpoint_rebuilds_it(capsys, tmp_path):
     from mnist_core.checkpoint import load_checkpoint
     from mnist_core.runs import Run

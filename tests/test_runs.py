@@ -39,6 +39,7 @@ def test_carried_mnist_loads_with_known_statistics(mnist):
     assert abs(mnist.train_x.float().mean().item() / 255 - 0.1307) < 1e-3
 
 
+@pytest.mark.process  # loads MNIST
 def test_corrupted_file_is_refused_and_named(data_copy):
     victim = data_copy / "t10k-labels-idx1-ubyte.gz"
     raw = bytearray(victim.read_bytes())

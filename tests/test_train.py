@@ -55,6 +55,92 @@ def test_same_seed_same_run(mnist):
     assert losses(mnist, small(3)) != losses(mnist, small(4))
 
 
+def lr_curve(cfg: TrainConfig, steps_per_epoch: int, losses=None) -> list[float]:
+    """The rate of every step of a recipe as the training loop's Schedule drives it."""
+    from mnist_core.train import Schedule, make_optimizer
+
+    opt = make_optimizer(build_model(ModelConfig.parse("linear10")), cfg)
+    schedule, out = Schedule(opt, cfg, steps_per_epoch), []
+    for epoch in range(cfg.epochs):
+        for _ in range(steps_per_epoch):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.after_batch()
+        schedule.after_epoch(losses[epoch] if losses else 1.0)
+    return out
+
+
+def torch_curve(make, epochs: int, steps: int, per_batch: bool, lr: float, losses=None) -> list[float]:
+    """The same from torch's own scheduler, built here from its documented arguments."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
+    sched, out = make(opt), []
+    for epoch in range(epochs):
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if per_batch:
+                sched.step()
+        if not per_batch:
+            sched.step(losses[epoch]) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+    return out
+
+
+@pytest.mark.parametrize("name", ["none", "step", "multistep", "onecycle", "cosine", "cosine-warm", "plateau"])
+def test_each_schedule_follows_torchs_own_scheduler(name):
+    S = torch.optim.lr_scheduler
+    steps, epochs, lr = 7, 9, 0.1
+    losses = [1.0, 0.9, 0.95, 0.97, 0.99, 0.8, 0.85, 0.9, 0.95]  # plateau: no better loss after epochs 2 and 6
+    cases = {
+        "none": ({}, lambda o: S.LambdaLR(o, lambda i: 1.0), False),
+        "step": ({"scheduler": "step", "step_size": 2, "gamma": 0.5}, lambda o: S.StepLR(o, 2, 0.5), False),
+        "multistep": ({"scheduler": "multistep", "milestones": (3, 7), "gamma": 0.2},
+                      lambda o: S.MultiStepLR(o, [3, 7], 0.2), False),
+        "onecycle": ({"scheduler": "onecycle", "warmup_pct": 0.3, "final_div": 50.0},
+                     lambda o: S.OneCycleLR(o, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=0.3,
+                                            div_factor=10, final_div_factor=50.0), True),
+        "cosine": ({"scheduler": "cosine"}, lambda o: S.CosineAnnealingLR(o, T_max=epochs * steps), True),
+        "cosine-warm": ({"scheduler": "cosine", "warmup_epochs": 2},
+                        lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.1, 1.0, 2 * steps),
+                                                     S.CosineAnnealingLR(o, T_max=(epochs - 2) * steps)], [2 * steps]),
+                        True),
+        "plateau": ({"scheduler": "plateau", "patience": 1, "gamma": 0.5},
+                    lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1), False),
+    }
+    settings, make, per_batch = cases[name]
+    cfg = TrainConfig(epochs=epochs, lr=lr, **settings)
+    ours = lr_curve(cfg, steps, losses)
+    assert ours == pytest.approx(torch_curve(make, epochs, steps, per_batch, lr, losses), rel=1e-9)
+    if name != "none":
+        assert len(set(ours)) > 1  # the rate does move
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_train_and_clipping_bounds_the_step(mnist, optimizer, monkeypatch):
+    import mnist_core.train as loop
+
+    norms, make = [], loop.make_optimizer
+
+    def spied(model, cfg):  # every step sees the gradients as clipped
+        opt = make(model, cfg)
+        opt.register_step_pre_hook(lambda o, args, kwargs: norms.append(float(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for g in o.param_groups for p in g["params"]
+                         if p.grad is not None])))))
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", spied)
+    records = []
+    cfg = small(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01, epochs=1, clip_grad=0.5,
+                label_smoothing=0.1, nesterov=optimizer == "sgd", limit_train=1280, augment=0.0)
+    train(ModelConfig(), cfg, mnist, callback=records.append)
+    batch = [r["loss"] for r in records if r["kind"] == "batch"]
+    assert sum(batch[-8:]) / 8 < 0.8 * sum(batch[:8]) / 8  # the loss falls over 40 steps
+    assert len(norms) == 40 and max(norms) <= 0.5 + 1e-4 and min(norms) > 0
+    from mnist_core.train import make_optimizer
+
+    assert type(make_optimizer(build_model(ModelConfig()), cfg)).__name__ == {"sgd": "SGD", "adam": "Adam",
+                                                                              "adamw": "AdamW"}[optimizer]
+
+
 @pytest.mark.parametrize("scheduler", ["none", "step", "onecycle"])
 def test_schedulers_run_and_report_lr(mnist, scheduler):
     records = []
@@ -87,9 +173,22 @@ def test_batch_larger_than_dataset_is_refused(mnist):
     "kw, match",
     [
         ({"lr": 0}, "lr is 0"), ({"lr": -1}, "lr is -1"), ({"epochs": 0}, "epochs is 0"),
-        ({"batch_size": 0}, "batch-size is 0"), ({"scheduler": "cosine"}, "scheduler 'cosine'"),
+        ({"batch_size": 0}, "batch-size is 0"), ({"scheduler": "cyclic"}, "scheduler 'cyclic'"),
         ({"device": "tpu"}, "device 'tpu'"), ({"augment": 90}, "augment is 90"),
         ({"ema": 1.0}, "ema is 1: it must be at least 0 and below 1"), ({"ema": -0.5}, "ema is -0.5"),
+        ({"optimizer": "lion"}, "optimizer 'lion' is unknown"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov needs the SGD optimizer with momentum above 0"),
+        ({"nesterov": True, "optimizer": "adam"}, "nesterov needs the SGD optimizer"),
+        ({"scheduler": "multistep"}, "the multistep schedule needs milestones"),
+        ({"scheduler": "multistep", "milestones": (5, 20), "epochs": 15}, "milestone 20 is not before the last epoch"),
+        ({"scheduler": "multistep", "milestones": (10, 5)}, "milestones must go up"),
+        ({"milestones": (5,)}, "milestones go with the multistep schedule, not none"),
+        ({"scheduler": "cosine", "warmup_epochs": 15, "epochs": 15}, "warmup-epochs is 15: it must be between 0 and 14"),
+        ({"scheduler": "onecycle", "warmup_epochs": 2}, "warmup-epochs goes with the cosine schedule"),
+        ({"warmup_pct": 1.0}, "warmup-pct is 1"), ({"final_div": 0.5}, "final-div is 0.5"),
+        ({"clip_grad": -1.0}, "clip-grad is -1"), ({"rotate": 200}, "rotate is 200"),
+        ({"translate": -1}, "translate is -1"), ({"scale": 1.5}, "scale is 1.5"), ({"shear": 90}, "shear is 90"),
+        ({"erase": 1.5}, "erase is 1.5"), ({"milestones": "5,10"}, "milestones must be a list"),
     ],
 )
 def test_bad_training_settings_are_refused(kw, match):
@@ -107,10 +206,55 @@ def test_cuda_without_gpu_is_refused():
 def test_augment_keeps_shape_and_changes_pixels():
     x = torch.rand(16, 1, 28, 28)
     g = torch.Generator().manual_seed(0)
-    out = augment(x, 10.0, g)
+    out = augment(x, rotate=10.0, generator=g)
     assert out.shape == x.shape
     assert not torch.allclose(out, x)
-    assert torch.equal(augment(x, 0.0, g), x)
+    assert torch.equal(augment(x, generator=g), x)
+
+
+def centre_and_mass(x):
+    """Per image: ink mass and its centre (row, column) in pixels."""
+    mass = x.sum((1, 2, 3))
+    rows = torch.arange(28.0).view(1, 1, 28, 1)
+    cols = torch.arange(28.0).view(1, 1, 1, 28)
+    return mass, (x * rows).sum((1, 2, 3)) / mass, (x * cols).sum((1, 2, 3)) / mass
+
+
+def test_each_augmentation_control_changes_only_what_it_names(mnist):
+    x = mnist.test_x[:64].unsqueeze(1).float() / 255
+    mass, r0, c0 = centre_and_mass(x)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    # translation alone moves the ink and keeps its mass (MNIST digits sit 4 px from the border)
+    moved = augment(x, translate=3.0, generator=g())
+    m, r, c = centre_and_mass(moved)
+    assert abs(m.sum() / mass.sum() - 1) < 0.01 and (m / mass - 1).abs().median() < 0.01
+    shift = torch.stack([r - r0, c - c0], 1)
+    assert shift.abs().max() <= 3.05 and shift.abs().max() > 1.5
+    # rotation alone keeps the ink's centre where it was (about the image's centre: nearly so)
+    turned = augment(x, rotate=20.0, generator=g())
+    _, r, c = centre_and_mass(turned)
+    centred = ((r0 - 13.5) ** 2 + (c0 - 13.5) ** 2).sqrt() < 1.0  # digits whose ink is centred
+    assert ((r - r0).abs()[centred] < 0.6).all() and ((c - c0).abs()[centred] < 0.6).all()
+    assert not torch.allclose(turned, x)
+    # scale alone changes the ink's mass (area) with the zoom, shear alone keeps the mass
+    m, _, _ = centre_and_mass(augment(x, scale=0.3, generator=g()))
+    assert (m / mass - 1).abs().max() > 0.1
+    m, _, _ = centre_and_mass(augment(x, shear=20.0, generator=g()))
+    assert abs(m.sum() / mass.sum() - 1) < 0.01 and (m / mass - 1).abs().median() < 0.01
+    # erasing: about that share of the images lose ink, the others are untouched
+    erased = augment(x, erase=0.5, generator=g())
+    touched = (erased != x).flatten(1).any(1)
+    assert 16 <= int(touched.sum()) <= 48 and torch.equal(erased[~touched], x[~touched])
+    assert (erased <= x).all()
+
+
+def test_the_augment_shorthand_repeats_the_separate_controls_exactly():
+    x = torch.rand(8, 1, 28, 28)
+    old = TrainConfig(augment=8.0).augmentation()
+    assert old == {"rotate": 8.0, "translate": 2.0, "scale": 0.08, "shear": 0.0, "erase": 0.0}
+    a = augment(x, **old, generator=torch.Generator().manual_seed(1))
+    b = augment(x, rotate=8.0, translate=2.0, scale=0.08, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
 
 
 def test_reference_preset_matches_the_notebook():
