@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from mnist_core.bench import accuracy_bench, run_bench
@@ -22,9 +23,10 @@ from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
 from mnist_core.lab import runs_dir
+from mnist_core.lrfind import check_range, range_test
 from mnist_core.runs import check_run_name, Run, RunError
 from mnist_core.train import check_can_train
-from mnist_core.config import PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
+from mnist_core.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
 
 EXIT_USAGE = 2
 KEEP = object()  # an option left out: keep the preset's value
@@ -55,6 +57,20 @@ def parse_widths(text: str) -> tuple[int, ...]:
         return tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"widths must be 6 whole numbers separated by commas, got {text!r}") from None
+
+
+def parse_milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"milestones must be whole numbers separated by commas, got {text!r}") from None
+
+
+# train's options that set a TrainConfig field of the same name
+RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
+                  "step_size", "gamma", "milestones", "warmup_pct", "final_div", "warmup_epochs", "patience",
+                  "label_smoothing", "clip_grad", "rotate", "translate", "scale", "shear", "erase", "augment", "seed",
+                  "device", "precision", "ema")
 
 
 def parse_limit(text: str) -> int | None:
@@ -96,6 +112,44 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, help="Dropout2d after every ReLU (0 = off)")
 
 
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The model and recipe options of train and lr-find: a preset, then what changes it."""
+    p.add_argument("--preset", default="reference", help=f"starting settings: {', '.join(PRESETS)} or one of "
+                   "your saved presets (default reference)")
+    add_model_args(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (peak rate for onecycle)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (default), adam or adamw")
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument("--nesterov", action="store_true", default=None, help="SGD with Nesterov momentum")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--scheduler", choices=SCHEDULERS)
+    p.add_argument("--step-size", type=int, help="step: epochs between decays")
+    p.add_argument("--gamma", type=float, help="step, multistep, plateau: the factor of each decay")
+    p.add_argument("--milestones", type=parse_milestones, help="multistep: epochs after which the rate decays, e.g. 5,10")
+    p.add_argument("--warmup-pct", type=float, help="onecycle: share of the steps that warm up (default 0.25)")
+    p.add_argument("--final-div", type=float, help="onecycle: the last rate is the first divided by this (default 100)")
+    p.add_argument("--warmup-epochs", type=int, help="cosine: epochs of linear warm-up")
+    p.add_argument("--patience", type=int, help="plateau: epochs without a better test loss before a decay")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' total norm (0 = off)")
+    p.add_argument("--rotate", type=float, metavar="DEG", help="augmentation: random rotation up to +- DEG")
+    p.add_argument("--translate", type=float, metavar="PX", help="augmentation: random shift up to +- PX pixels")
+    p.add_argument("--scale", type=float, metavar="S", help="augmentation: random zoom within 1 +- S")
+    p.add_argument("--shear", type=float, metavar="DEG", help="augmentation: random shear up to +- DEG")
+    p.add_argument("--erase", type=float, metavar="P", help="augmentation: erase a random patch in this share of images")
+    p.add_argument("--augment", type=float, help="shorthand: rotation DEG, shift DEG/4 px, scale DEG/100 (0 = off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32; bf16 autocast (faster on CPUs with AMX/AVX-512 "
+                   "BF16 and recent GPUs, slower elsewhere); auto: bf16 where it is fast")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="test and save a moving average of the weights with this decay per step (0 = off)")
+    p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")
+    p.add_argument("--limit-test", type=parse_limit, default=KEEP, help="test on the first N images only ('all': every one)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m mnist_core", description="Design, train and try tiny CNNs on MNIST.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -104,22 +158,7 @@ def build_parser() -> Parser:
     add_model_args(p)
 
     p = sub.add_parser("train", help="train a model into a run directory")
-    p.add_argument("--preset", default="reference", help=f"starting settings: {', '.join(PRESETS)} (default reference)")
-    add_model_args(p)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (peak rate for onecycle)")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--scheduler", choices=SCHEDULERS)
-    p.add_argument("--augment", type=float, help="random rotation in degrees, with small shift/scale (0 = off)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or mps")
-    p.add_argument("--precision", choices=PRECISIONS, help="fp32, or bf16 autocast (faster on CPUs with AMX/AVX-512 BF16)")
-    p.add_argument("--ema", type=float, metavar="DECAY",
-                   help="test and save a moving average of the weights with this decay per step (0 = off)")
-    p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")
-    p.add_argument("--limit-test", type=parse_limit, default=KEEP, help="test on the first N images only ('all': every one)")
+    add_recipe_args(p)
     p.add_argument("--run-dir", type=Path, help="directory for this run (default runs/<name>)")
     p.add_argument("--name", help="run name under the runs folder (ignored with --run-dir)")
     p.add_argument("--target", help="the TARGET line of the run's card")
@@ -127,6 +166,14 @@ def build_parser() -> Parser:
     p.add_argument("--then", type=Path, action="append", default=[], metavar="DIR",
                    help="with --from-run: another prepared run directory to train afterwards (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("lr-find", help="the learning-rate range test: a short training at rising rates, "
+                                       "the loss against the rate, a suggested peak rate; writes no run")
+    add_recipe_args(p)
+    p.add_argument("--start", type=float, default=1e-5, help="the first rate (default 1e-5)")
+    p.add_argument("--end", type=float, default=10.0, help="the last rate (default 10; the test stops early once "
+                   "the loss has blown up)")
+    p.add_argument("--steps", type=int, default=200, help="batches, the rate rising by the same factor each (default 200)")
 
     p = sub.add_parser("predict", help="read digits from image files")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the bundled model)")
@@ -182,16 +229,7 @@ def cmd_train(args) -> int:
 def new_run(args):
     """(run, data) for `train` from a preset and options; nothing is written on bad input."""
 
-    preset = get_preset(args.preset)
-    model_cfg = model_config(args, preset.model)
-    changes = {
-        k: getattr(args, k)
-        for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "scheduler", "augment", "seed", "device",
-                  "precision", "ema")
-        if getattr(args, k) is not None
-    }
-    changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})
-    train_cfg = replace(preset.train, **changes)
+    preset, model_cfg, train_cfg = settings_from_args(args)
     check_can_train(train_cfg)  # before anything is written
     if args.name and args.run_dir is None:
         check_run_name(args.name)
@@ -201,6 +239,19 @@ def new_run(args):
     else:
         run = Run.create(runs_dir(), model_cfg, train_cfg, name=args.name, preset=args.preset, target=args.target)
     return run, data
+
+
+def settings_from_args(args):
+    """(preset, model, recipe): the preset with the command line's changes; ConfigError on bad input."""
+    preset = get_preset(args.preset)
+    model_cfg = model_config(args, preset.model)
+    changes = {
+        k: getattr(args, k)
+        for k in RECIPE_OPTIONS
+        if getattr(args, k) is not None
+    }
+    changes.update({k: getattr(args, k) for k in ("limit_train", "limit_test") if getattr(args, k) is not KEEP})
+    return preset, model_cfg, replace(preset.train, **changes)
 
 
 def train_prepared(args) -> int:
@@ -312,6 +363,22 @@ def cmd_predict(args) -> int:
     return EXIT_USAGE if failed else 0
 
 
+def cmd_lr_find(args) -> int:
+    _, model_cfg, cfg = settings_from_args(args)
+    check_can_train(cfg)
+    check_range(args.start, args.end, args.steps)  # before MNIST is loaded
+    print(f"LR range test: {model_cfg.describe()} ({model_cfg.params:,} parameters), {cfg.optimizer}, batch "
+          f"{cfg.batch_size}, rates {args.start:g} to {args.end:g} over {args.steps} steps")
+    result = range_test(model_cfg, cfg, load_mnist(), args.start, args.end, args.steps)
+    for i in np.unique(np.linspace(0, len(result.lrs) - 1, min(12, len(result.lrs))).astype(int)):
+        print(f"  lr {result.lrs[i]:10.3g}   loss {result.smoothed[i]:.3f}")
+    if result.suggestion is None:
+        print(f"no suggestion: {result.why}")
+    else:
+        print(f"suggested peak rate: {result.suggestion:.3g} ({result.why})")
+    return 0
+
+
 def cmd_bench(args) -> int:
 
     if args.arch is not None and args.accuracy is None:
@@ -339,7 +406,9 @@ def main(argv=None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        return {"summary": cmd_summary, "train": cmd_train, "predict": cmd_predict, "bench": cmd_bench}[args.command](args)
+        commands = {"summary": cmd_summary, "train": cmd_train, "lr-find": cmd_lr_find, "predict": cmd_predict,
+                    "bench": cmd_bench}
+        return commands[args.command](args)
     except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from mnist_core.config import ConfigError, ModelConfig
+from mnist_core.config import ConfigError, ModelConfig, train_config_from_dict
 
 GOAL = 99.4  # the test accuracy this family of experiments aims for
 OVERFIT_GAP = 0.3  # points of train-over-test accuracy that we call overfitting
@@ -32,23 +32,25 @@ def target_text(cfg: dict) -> str:
             architecture = f"widths {'-'.join(map(str, t[0]))} {'with' if t[1] else 'without'} BatchNorm{drop}"
     except ConfigError:
         architecture = "an unreadable model"
-    sched = {"none": "constant LR", "step": f"StepLR every {train.get('step_size')} epochs", "onecycle": "OneCycle"}.get(
-        train.get("scheduler"), train.get("scheduler")
-    )
-    aug = f", augmentation {train['augment']:g}" if train.get("augment") else ", no augmentation"
+    try:
+        recipe = train_config_from_dict(train).recipe()
+        words = f"{recipe.pop('optimizer').replace('sgd', 'SGD').replace('adamw', 'AdamW').replace('adam', 'Adam')}" \
+                f" lr {recipe.pop('lr'):g}"
+        if "momentum" in recipe:
+            words += f" momentum {recipe.pop('momentum'):g}"
+        words += f", {recipe.pop('schedule')}, augmentation: {recipe.pop('augmentation')}"
+        words += "".join(f", {k} {v:g}" for k, v in recipe.items())
+    except (ConfigError, TypeError):
+        words = "an unreadable recipe"
     subset = f", {train['limit_train']} training images" if train.get("limit_train") else ""
-    if train.get("weight_decay"):
-        aug += f", weight decay {train['weight_decay']:g}"
-    aug += {"bf16": ", bf16 autocast", "auto": ", bf16 autocast where the hardware is fast at it"}.get(
+    words += {"bf16": ", bf16 autocast", "auto": ", bf16 autocast where the hardware is fast at it"}.get(
         train.get("precision"), "")
-    if train.get("ema"):
-        aug += f", weights averaged (EMA {train['ema']:g})"
     lines = []
     if cfg.get("target"):
         lines.append(cfg["target"])
     lines.append(
         f"Train {architecture} ({cfg.get('params', '?')} params) for {plural(train.get('epochs'), 'epoch')}, "
-        f"batch {train.get('batch_size')}, SGD lr {train.get('lr')} momentum {train.get('momentum')}, {sched}{aug}{subset}."
+        f"batch {train.get('batch_size')}, {words}{subset}."
     )
     lines.append(f"Reach {GOAL}% test accuracy.")
     return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))

@@ -60,6 +60,18 @@ def test_summary_prints_reference_total(capsys):
         ([], "required"),
         (["predict", "--checkpoint", "/nonexistent.pt", "x.png"], "cannot read checkpoint"),
         (["bench", "--batches", "0"], "--batches is 0"),
+        (["train", "--scheduler", "multistep", "--milestones", "5,20"], "milestone 20 is not before the last epoch"),
+        (["train", "--scheduler", "multistep"], "the multistep schedule needs milestones"),
+        (["train", "--milestones", "5,x"], "milestones must be whole numbers"),
+        (["train", "--nesterov", "--momentum", "0"], "nesterov needs the SGD optimizer with momentum above 0"),
+        (["train", "--optimizer", "adam", "--nesterov"], "nesterov needs the SGD optimizer"),
+        (["train", "--optimizer", "lion"], "invalid choice"),
+        (["train", "--clip-grad", "-1"], "clip-grad is -1"),
+        (["train", "--warmup-epochs", "2"], "warmup-epochs goes with the cosine schedule"),
+        (["train", "--erase", "2"], "erase is 2"),
+        (["train", "--rotate", "-5"], "rotate is -5"),
+        (["lr-find", "--steps", "5"], "between 10 and 5000 steps"),
+        (["lr-find", "--start", "1", "--end", "0.1"], "0 < start < end"),
     ],
 )
 def test_every_error_path_is_one_line_exit_2(capsys, args, needle):
@@ -230,3 +242,36 @@ def test_train_takes_a_layer_list_and_its_checkpoint_rebuilds_it(capsys, tmp_pat
     model, meta = load_checkpoint(run_dir / "best.pt")
     assert meta["model_config"].text == SHAPES
     assert SHAPES in run.card_text()
+
+
+@pytest.mark.process  # loads MNIST
+def test_train_takes_every_recipe_setting(capsys, tmp_path):
+    import json
+
+    run_dir = tmp_path / "recipe"
+    code, _, err = run_cli(capsys, "train", "--epochs", "2", "--limit-train", "640", "--limit-test", "200",
+                           "--optimizer", "sgd", "--nesterov", "--scheduler", "multistep", "--milestones", "1",
+                           "--gamma", "0.5", "--label-smoothing", "0.1", "--clip-grad", "1", "--rotate", "10",
+                           "--translate", "2", "--scale", "0.1", "--shear", "5", "--erase", "0.2",
+                           "--run-dir", str(run_dir), "--quiet")
+    assert code == 0, err
+    train = json.loads((run_dir / "config.json").read_text())["train"]
+    assert {k: train[k] for k in ("nesterov", "scheduler", "milestones", "gamma", "label_smoothing", "clip_grad",
+                                  "rotate", "translate", "scale", "shear", "erase")} == {
+        "nesterov": True, "scheduler": "multistep", "milestones": [1], "gamma": 0.5, "label_smoothing": 0.1,
+        "clip_grad": 1.0, "rotate": 10.0, "translate": 2.0, "scale": 0.1, "shear": 5.0, "erase": 0.2}
+    lrs = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+           if '"kind": "epoch"' in line]
+    assert lrs == [0.01, 0.005]  # the rate each epoch used: halved after epoch 1
+    card = (run_dir / "card.md").read_text()
+    assert "x0.5 after epochs 1" in card and "erasing 0.2" in card and "Nesterov" in card
+
+
+@pytest.mark.process  # loads MNIST
+def test_lr_find_prints_a_suggestion_and_writes_no_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path / "runs"))
+    code, out, err = run_cli(capsys, "lr-find", "--arch", "conv8 bn relu maxpool conv16 bn relu gap conv10k1",
+                             "--limit-train", "4096", "--steps", "120", "--start", "1e-4")
+    assert code == 0, err
+    assert "suggested peak rate: " in out and "falls fastest" in out
+    assert not (tmp_path / "runs").exists()
