@@ -22,11 +22,11 @@ from mnist_core.files import UnreadableFile, describe_os_error, read_bytes, read
 from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
-from mnist_core.lab import runs_dir
+from mnist_core.lab import preset as lab_preset, runs_dir
 from mnist_core.lrfind import check_range, range_test
 from mnist_core.runs import check_run_name, Run, RunError
 from mnist_core.train import check_can_train
-from mnist_core.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig, get_preset
+from mnist_core.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig
 
 EXIT_USAGE = 2
 KEEP = object()  # an option left out: keep the preset's value
@@ -243,7 +243,7 @@ def new_run(args):
 
 def settings_from_args(args):
     """(preset, model, recipe): the preset with the command line's changes; ConfigError on bad input."""
-    preset = get_preset(args.preset)
+    preset = lab_preset(args.preset)
     model_cfg = model_config(args, preset.model)
     changes = {
         k: getattr(args, k)
@@ -388,7 +388,7 @@ def cmd_bench(args) -> int:
             raise UserError("--quick and --batches time the pipelines; they do not go with --accuracy")
         if not 0 < args.goal <= 100:
             raise UserError(f"--goal is {args.goal:g}: it must be a test accuracy above 0 and at most 100 (%)")
-        preset = get_preset(args.accuracy)
+        preset = lab_preset(args.accuracy)
         if args.arch is not None:
             preset = replace(preset, name=f"{preset.name} recipe, --arch", model=read_arch(args.arch))
         if args.device != "auto":

@@ -15,16 +15,80 @@ from pathlib import Path
 
 from mnist_core import export, jobs, spec
 from mnist_core.card import plural
-from mnist_core.config import ModelConfig, TrainConfig
+from mnist_core.config import PRESETS, ConfigError, ModelConfig, Preset, TrainConfig, asdict, train_config_from_dict
+from mnist_core.files import atomic_write_json, describe_os_error, read_json
 from mnist_core.runner import card_markdown
-from mnist_core.runs import Run, RunError, list_runs, new_run_name
+from mnist_core.runs import NAME_RE, Run, RunError, list_runs, new_run_name
 
 DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+DEFAULT_PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
 def runs_dir() -> Path:
     """The runs folder: MNIST_LAB_RUNS, else runs/ in the project; read at each call."""
     return Path(os.environ.get("MNIST_LAB_RUNS") or DEFAULT_RUNS_DIR)
+
+
+def presets_dir() -> Path:
+    """Your own presets: MNIST_LAB_PRESETS, else presets/ in the project; read at each call."""
+    return Path(os.environ.get("MNIST_LAB_PRESETS") or DEFAULT_PRESETS_DIR)
+
+
+def user_presets() -> dict[str, Preset]:
+    """The saved presets, by name; a file that is not a readable preset is skipped."""
+    folder = presets_dir()
+    out = {}
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        d = read_json(path)
+        if not isinstance(d, dict) or d.get("name") != path.stem or path.stem in PRESETS:
+            continue
+        try:
+            out[path.stem] = Preset(path.stem, str(d.get("about", "")), ModelConfig.from_dict(d.get("model")),
+                                    train_config_from_dict(d.get("train")))
+        except ConfigError:
+            continue
+    return out
+
+
+def presets() -> dict[str, Preset]:
+    """The built-in presets, then your own."""
+    return {**PRESETS, **user_presets()}
+
+
+def preset(name: str) -> Preset:
+    found = presets().get(name)
+    if found is None:
+        raise ConfigError(f"preset {name!r} is unknown: choose one of {', '.join(presets())}")
+    return found
+
+
+def save_preset(name: str, model: ModelConfig, recipe: TrainConfig, about: str = "") -> Path:
+    """Keep model + recipe under `name` as presets/<name>.json; a built-in name is refused."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"preset name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit")
+    if name in PRESETS:
+        raise ConfigError(f"{name!r} is a built-in preset: choose another name")
+    recipe = replace(recipe, init_checkpoint=None, start_epoch=0, handwriting=None)  # a recipe, not a run's state
+    path = presets_dir() / f"{name}.json"
+    try:
+        presets_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"name": name, "about": about.strip()[:300], "model": model.to_dict(),
+                                 "train": asdict(recipe)})
+    except OSError as e:
+        raise RunError(f"cannot save preset {name!r}: {describe_os_error(e)}") from None
+    return path
+
+
+def delete_preset(name: str) -> None:
+    if name not in user_presets():
+        raise ConfigError(f"{name!r} is not one of your saved presets")
+    try:
+        (presets_dir() / f"{name}.json").unlink()
+    except OSError as e:
+        raise RunError(f"cannot delete preset {name!r}: {describe_os_error(e)}") from None
 
 
 def all_runs() -> list[Run]:
@@ -87,7 +151,7 @@ def continue_run(run: Run, epochs: int) -> Run:
     if not last.exists():
         raise RunError(f"run {run.name!r} has no last.pt to continue from")
     model, base = settings_of(run)
-    recipe = replace(base, epochs=int(epochs), init_checkpoint=str(last), start_epoch=len(run.epochs()))
+    recipe = replace(for_epochs(base, int(epochs)), init_checkpoint=str(last), start_epoch=len(run.epochs()))
     return jobs.start(runs_dir(), model, recipe, parent=run.name,
                       target=f"Continue {run.name} for {plural(int(epochs), 'epoch')}")
 
@@ -104,6 +168,15 @@ def fine_tune(run: Run, handwriting: Path, epochs: int, limit_train: int) -> Run
     )
     return jobs.start(runs_dir(), model, recipe, parent=run.name,
                       target="Fine-tune on MNIST plus my handwriting")
+
+
+def for_epochs(recipe: TrainConfig, epochs: int) -> TrainConfig:
+    """The recipe over `epochs` epochs: its schedule starts again over them, keeping the multistep
+    milestones and cosine warm-up epochs that still fit (none left: a constant rate)."""
+    if recipe.scheduler == "multistep":
+        kept = tuple(m for m in recipe.milestones if m < epochs)
+        return replace(recipe, epochs=epochs, milestones=kept, scheduler="multistep" if kept else "none")
+    return replace(recipe, epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs - 1))
 
 
 def settings_of(run: Run) -> tuple[ModelConfig, TrainConfig]:

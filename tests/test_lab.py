@@ -6,7 +6,9 @@ import pytest
 
 from mnist_core import jobs, lab
 from mnist_core.checkpoint import save_checkpoint
-from mnist_core.config import ModelConfig, TrainConfig
+from dataclasses import replace
+
+from mnist_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from mnist_core.model import build_model
 from mnist_core.runs import Run, RunError
 
@@ -105,3 +107,39 @@ def test_reading_a_dead_runs_status_writes_nothing(monkeypatch, tmp_path):
     assert after == before
     lab.delete(run)  # an action: a run that is not training can go
     assert not run.path.exists()
+
+
+def test_your_own_presets_are_saved_listed_used_and_deleted(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_LAB_PRESETS", str(tmp_path / "mine"))
+    model = ModelConfig.parse("conv8p1 bn relu conv8s2 bn relu gap conv10k1")
+    recipe = TrainConfig(epochs=3, optimizer="adamw", lr=0.003, scheduler="cosine", warmup_epochs=1, rotate=8.0,
+                         init_checkpoint="/somewhere/last.pt", start_epoch=4)
+    path = lab.save_preset("my-try", model, recipe, about="strided, AdamW")
+    assert path == tmp_path / "mine" / "my-try.json"
+    mine = lab.preset("my-try")
+    assert mine.model == model and mine.about == "strided, AdamW"
+    assert mine.train == replace(recipe, init_checkpoint=None, start_epoch=0)  # a recipe, not a run's state
+    assert list(lab.presets())[:len(PRESETS)] == list(PRESETS) and "my-try" in lab.presets()
+    with pytest.raises(ConfigError, match="built-in preset"):
+        lab.save_preset("lean", model, recipe)
+    with pytest.raises(ConfigError, match="not allowed"):
+        lab.save_preset("../evil", model, recipe)
+    # a file that is not a preset is skipped, not fatal
+    (tmp_path / "mine" / "broken.json").write_text("{not json")
+    (tmp_path / "mine" / "other.json").write_text('{"name": "someone-else", "model": {}, "train": {}}')
+    assert set(lab.user_presets()) == {"my-try"}
+    lab.delete_preset("my-try")
+    assert "my-try" not in lab.presets()
+    with pytest.raises(ConfigError, match="not one of your saved presets"):
+        lab.delete_preset("lean")
+
+
+def test_continuing_fits_the_schedule_to_the_new_epochs(started, tmp_path):
+    run = parent_run(tmp_path, epochs=12, scheduler="multistep", milestones=(4, 8))
+    lab.continue_run(run, 6)
+    (_, _, t, _), = started
+    assert (t.epochs, t.scheduler, t.milestones) == (6, "multistep", (4,))
+    started.clear()
+    lab.continue_run(run, 3)
+    (_, _, t, _), = started
+    assert (t.epochs, t.scheduler, t.milestones) == (3, "none", ())
