@@ -223,6 +223,53 @@ def test_train_page_preset_carries_every_setting_to_the_training(app, runs_dir, 
     assert started == [get_preset("lean").train]  # the whole recipe, weight average included
 
 
+@pytest.mark.parametrize("preset", ["lean", "strided"])
+def test_a_preset_chosen_on_architecture_trains_its_whole_recipe(app, runs_dir, monkeypatch, preset):
+    """Architecture's preset box sets the model and, with a note, the recipe; Start on Train trains both."""
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda runs_dir, model_cfg, cfg, **kw: started.append((model_cfg, cfg)) or
+                        Run.create(runs_dir, model_cfg, cfg, name="captured"))
+    page(app, "views/architecture.py")
+    app.selectbox(key="arch_preset").select(preset).run()
+    assert any(f"Train starts from **{preset}**'s recipe" in i for i in texts(app.info))
+    page(app, "views/train.py")
+    assert any(c.startswith(f"Start trains **{PRESETS[preset].model.describe()}**") and "OneCycle" in c
+               for c in texts(app.caption))
+    button(app, "Start training").click().run()
+    assert not app.exception and not app.error
+    assert started == [(PRESETS[preset].model, PRESETS[preset].train)]
+
+
+def test_train_page_refuses_bad_settings_next_to_their_control(app):
+    page(app, "views/train.py")
+    app.selectbox(key="tr_scheduler").select("multistep").run()
+    app.text_input(key="tr_milestones").input("5,20").run()
+    assert texts(app.error) == ["milestone 20 is not before the last epoch: each must be between 1 and 14 for 15 epochs"]
+    assert button(app, "Start training").disabled
+    app.text_input(key="tr_milestones").input("5,10").run()
+    assert not app.error and not button(app, "Start training").disabled
+    app.checkbox(key="tr_nesterov").check().run()
+    assert not app.error
+    app.selectbox(key="tr_optimizer").select("adam").run()  # Nesterov is SGD's: Adam with it is refused
+    assert texts(app.error) == ["nesterov needs the SGD optimizer with momentum above 0"]
+    assert app.checkbox(key="tr_nesterov").disabled
+
+
+def test_train_page_previews_the_augmentation_and_saves_a_preset(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_LAB_PRESETS", str(tmp_path / "mine"))
+    page(app, "views/train.py")
+    before = app.get("image")[0].proto.imgs[0].url
+    app.slider(key="tr_rotate").set_value(30.0).run()
+    after = app.get("image")[0].proto.imgs[0].url
+    assert before != after  # the preview is drawn again with the new setting
+    app.text_input(key="tr_preset_name").input("rotated").run()
+    button(app, "Save as preset").click().run()
+    assert any("Saved rotated.json" in m for m in texts(app.success))
+    assert "rotated" in app.selectbox(key="tr_preset").options
+    page(app, "views/architecture.py")
+    assert "rotated" in app.selectbox(key="arch_preset").options
+
+
 def test_train_page_shows_a_finished_run_with_its_card(app, finished_run):
     page(app, "views/train.py")
     assert "tiny: finished" in texts(app.subheader)

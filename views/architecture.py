@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from mnist_core import insight, jobs, lab, spec
-from mnist_core.config import MAX_WIDTH, PRESETS, WIDTH_NAMES, ConfigError, ModelConfig, replace
+from mnist_core.config import MAX_WIDTH, WIDTH_NAMES, ConfigError, ModelConfig, replace
 from mnist_core.model import build_model, summary_text
 from mnist_core.runs import RunError
 from views import layer_editor
@@ -62,8 +62,12 @@ def attempt(make) -> None:
 
 
 def on_preset():
-    if st.session_state.arch_preset:
-        show(PRESETS[st.session_state.arch_preset].model)
+    name = st.session_state.arch_preset
+    if name:
+        chosen = lab.presets()[name]
+        show(chosen.model)
+        st.session_state.train_cfg = chosen.train  # a preset is the whole recipe: Train starts from it
+        st.session_state.arch_recipe_from = name
 
 
 def on_template():
@@ -129,8 +133,15 @@ if "arch_spec" not in st.session_state:  # first visit, or back from another pag
 
 left, right = st.columns([1, 2.6], gap="medium")
 with left:
-    st.selectbox("Preset", list(PRESETS), key="arch_preset", index=None, placeholder="Load a preset...",
-                 on_change=on_preset, help="; ".join(f"{p.name}: {p.model.params:,} parameters" for p in PRESETS.values()))
+    all_presets = lab.presets()
+    st.selectbox("Preset (model and recipe)", list(all_presets), key="arch_preset", index=None,
+                 placeholder="Load a preset...", on_change=on_preset,
+                 help="; ".join(f"{p.name}: {p.about}" for p in all_presets.values()))
+    if (source := st.session_state.get("arch_recipe_from")) in all_presets:
+        st.info(f"Train starts from **{source}**'s recipe: "
+                + "; ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k}: {v}"
+                            for k, v in saved_settings().recipe().items())
+                + ". Change it on the Train page.")
     # a widget's own state is dropped when the page is left: the budget lives in a key of its own
     st.number_input("Parameter budget", min_value=100, max_value=10_000_000, step=500, key="arch_budget_input",
                     value=st.session_state.setdefault("arch_budget", 10_000),

@@ -183,6 +183,21 @@ def curves_figure(series: dict[str, list[dict]], what: str) -> go.Figure:
     return fig
 
 
+def lr_figure(series: dict[str, list[dict]]) -> go.Figure:
+    """The learning rate each epoch ended with, per run, on a log axis (schedules span decades)."""
+    fig = go.Figure()
+    for i, (name, epochs) in enumerate(series.items()):
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["lr"] for e in epochs], mode="lines+markers", name=name,
+                        line=dict(color=COLORS[i % len(COLORS)], shape="hv"))
+    fig.update_layout(title="Learning rate per epoch (at its last step)", xaxis_title="epoch",
+                      yaxis_title="learning rate (log)", height=260, margin=dict(l=10, r=10, t=40, b=10),
+                      showlegend=len(series) > 1, legend=dict(orientation="h", y=-0.3))
+    fig.update_yaxes(type="log", exponentformat="power")
+    if max((len(e) for e in series.values()), default=0) <= 20:
+        fig.update_xaxes(dtick=1)
+    return fig
+
+
 DIGIT_AXIS = dict(type="category", title="digit")  # "0".."9" as labels: plotly would make them numbers
                                                  # on a linear axis and label only 0, 2, 4, ...
 

@@ -12,7 +12,7 @@ SHARED = {
 }
 
 ARCHITECTURE = {
-    "arch_preset": "preset picker: loads a preset's layer list",
+    "arch_preset": "preset picker: loads a preset's layer list and its recipe",
     "arch_bn": "template: BatchNorm after every 3x3 conv",
     "arch_w": "template: the six width sliders, arch_w0 .. arch_w5",
     "arch_dropout": "template: dropout after every ReLU",
@@ -20,6 +20,7 @@ ARCHITECTURE = {
     "arch_spec": "the layer list's one-line text form (JSON accepted too)",
     "arch_layers_": "the layer list as an editable table (st.data_editor); the number is arch_layers_n",
     "arch_layers_n": "a counter in the table's key: a new model gives the editor fresh rows",
+    "arch_recipe_from": "the preset whose recipe the Train page now starts from",
     "arch_torchinfo": "show torchinfo's printed summary",
     "arch_error": "why the last edit was refused, shown over the last valid model",
     "arch_budget": "the parameter budget (kept across pages)",
@@ -29,7 +30,7 @@ ARCHITECTURE = {
 }
 
 TRAIN = {
-    "tr_preset": "preset picker: loads a preset's recipe",
+    "tr_preset": "preset picker: loads a preset's model and recipe",
     "tr_": "one widget per TrainConfig field (tr_epochs, tr_lr, ...)",
     "tr_size": "training images (0 = all)",
     "tr_test_size": "test images (0 = all)",
@@ -37,7 +38,13 @@ TRAIN = {
     "tr_run": "the run the page follows",
     "tr_started": "'Started ...' message, shown once after the rerun that follows Start",
     "tr_was_running": "the run seen running, to rerun the whole page once when it ends",
-    "loss_curve": "chart", "acc_curve": "chart", "batch_curve": "chart",
+    "tr_milestones": "multistep's milestones as typed, e.g. 5,10",
+    "tr_lrfind_run": "button: run the LR range test", "tr_lrfind": "the last range test's curve and suggestion",
+    "tr_use_lr": "button: take the suggested rate", "lrfind_chart": "chart",
+    "tr_preset_name": "name to save the model and recipe under", "tr_preset_about": "its description",
+    "tr_preset_save": "button", "tr_preset_saved": "'Saved ...' message, shown once after the rerun that follows Save", "tr_preset_delete_choice": "which of your presets to delete",
+    "tr_preset_delete": "button",
+    "loss_curve": "chart", "acc_curve": "chart", "batch_curve": "chart", "lr_curve": "chart",
 }
 
 DRAW = {
@@ -57,7 +64,7 @@ DRAW = {
 RUNS = {
     "runs_compare": "the runs whose curves are overlaid",
     "runs_one": "the run shown in full",
-    "cmp_loss": "chart", "cmp_acc": "chart",
+    "cmp_loss": "chart", "cmp_acc": "chart", "cmp_lr": "chart",
     "ab_a": "A/B comparison: run A", "ab_b": "A/B comparison: run B", "ab_loss": "chart", "ab_acc": "chart",
     "confirm_delete": "the run whose deletion waits for a yes",
     "del_ask": "button", "del_yes": "button", "del_no": "button",

@@ -4,7 +4,7 @@ import streamlit as st
 from mnist_core import lab
 from mnist_core.files import UnreadableFile
 from mnist_core.runs import RunError
-from views.common import curves_figure, metrics, show_card
+from views.common import curves_figure, lr_figure, metrics, show_card
 
 st.title("Runs")
 runs = lab.all_runs()
@@ -34,6 +34,7 @@ if picked:
     c1, c2 = st.columns(2)
     c1.plotly_chart(curves_figure(series, "loss"), key="cmp_loss")
     c2.plotly_chart(curves_figure(series, "acc"), key="cmp_acc")
+    st.plotly_chart(lr_figure(series), key="cmp_lr")
 
 st.subheader("One run")
 name = st.selectbox("Run", list(by_name), key="runs_one")

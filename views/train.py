@@ -1,16 +1,21 @@
 import time
+from dataclasses import replace
 
+import numpy as np
 import streamlit as st
 import torch
 
-from mnist_core import jobs, lab
-from mnist_core.config import DEVICES, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
+from mnist_core import insight, jobs, lab, lrfind
+from mnist_core.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
+from mnist_core.data import augment, load_mnist
 from mnist_core.runs import Run, RunError, list_runs
 from mnist_core.train import fast_bf16
 from views.common import (
     batch_loss_figure,
+    choose_model,
     chosen_model,
     curves_figure,
+    lr_figure,
     metrics,
     runs_dir,
     save_settings,
@@ -35,81 +40,275 @@ def size_options(sizes: list[int], current: int) -> list[int]:
 
 def size_label(total: int):
     return lambda n: f"all {total:,}" if n == ALL else f"{n:,}"
-FIELDS = ("epochs", "batch_size", "lr", "scheduler", "weight_decay", "augment", "seed", "device", "precision",
-          "ema")
+# every recipe field that has a widget of its own, keyed tr_<field>
+FIELDS = ("epochs", "batch_size", "seed", "device", "precision", "optimizer", "lr", "momentum", "nesterov",
+          "weight_decay", "scheduler", "step_size", "gamma", "warmup_pct", "final_div", "warmup_epochs", "patience",
+          "rotate", "translate", "scale", "shear", "erase", "label_smoothing", "clip_grad", "ema")
+# where a refusal is shown: the section holding the field the message names
+SECTIONS = {
+    "data": ("epochs", "batch", "seed", "device", "precision", "limit"),
+    "optimizer": ("optimizer", "lr", "momentum", "nesterov", "weight-decay"),
+    "schedule": ("scheduler", "step-size", "gamma", "milestone", "warmup", "final-div", "patience"),
+    "augmentation": ("rotate", "translate", "scale", "shear", "erase", "augment"),
+    "regularisation": ("label-smoothing", "clip-grad", "ema"),
+}
 
 
 def set_hyper(cfg: TrainConfig) -> None:
+    """Every widget from cfg; the old augmentation shorthand becomes the separate controls."""
+    cfg = replace(cfg, **cfg.augmentation(), augment=0.0)
     for f in FIELDS:
         st.session_state[f"tr_{f}"] = getattr(cfg, f)
+    st.session_state.tr_milestones = ",".join(map(str, cfg.milestones))
     st.session_state.tr_size = cfg.limit_train or ALL
     st.session_state.tr_test_size = cfg.limit_test or ALL
 
 
 def on_preset():
-    set_hyper(PRESETS[st.session_state.tr_preset].train)
-
-
-st.title("Train")
-model_cfg = chosen_model()
-st.caption(f"Model from the Architecture page: **{model_cfg.describe()}**. Training runs in the background; "
-           "you can leave this page or close the tab, and come back to it.")
-
-if "tr_epochs" not in st.session_state:  # first visit, or back from another page (widget state is dropped)
-    set_hyper(saved_settings())
-
-with st.expander("Settings", expanded=True):
-    st.selectbox("Load settings of a preset", list(PRESETS), index=None, key="tr_preset", on_change=on_preset,
-                 placeholder=", ".join(PRESETS) + "...")
-    c1, c2, c3, c4 = st.columns(4)
-    c1.number_input("Epochs", 1, 100, key="tr_epochs")
-    c2.selectbox("Batch size", [16, 32, 64, 128, 256, 512], key="tr_batch_size")
-    c3.number_input("Learning rate", min_value=0.0, max_value=10.0, step=0.005, format="%g", key="tr_lr",
-                    help="peak rate for OneCycle; must be above 0")
-    c4.selectbox("LR schedule", SCHEDULERS, key="tr_scheduler")
-    c1, c2, c3, c4 = st.columns(4)
-    c1.number_input("Weight decay", min_value=0.0, max_value=1.0, step=1e-4, format="%g", key="tr_weight_decay")
-    c2.slider("Augmentation (rotation degrees)", 0.0, 20.0, step=0.5, key="tr_augment",
-              help="random rotation up to this angle, with a matching small shift and scale; 0 = off")
-    c3.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
-    c4.selectbox("Training images", size_options(TRAIN_SIZES, st.session_state.tr_size), key="tr_size",
-                 format_func=size_label(60000), help="a subset trains faster, for a quick try")
-    c1, c2, c3, c4 = st.columns(4)
-    c1.selectbox("Device", DEVICES, key="tr_device")
-    c2.selectbox("Precision", PRECISIONS, key="tr_precision",
-                 help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs, about 3x slower "
-                      "elsewhere; auto: bf16 where it is fast, else fp32" + (
-                          " (this machine: bf16)" if fast_bf16(torch.device("cpu")) else " (this machine's CPU: fp32)"))
-    c3.number_input("Weight average (EMA decay)", min_value=0.0, max_value=0.9999, step=0.001, format="%g",
-                    key="tr_ema", help="a moving average of the weights (and BatchNorm statistics), updated every "
-                    "step, is what is tested and saved: smoother and usually better than the last weights; "
-                    "0.998 averages over about the last 500 steps; 0 = off")
-    c4.selectbox("Test images", size_options(TEST_SIZES, st.session_state.tr_test_size), key="tr_test_size",
-                 format_func=size_label(10000), help="tested after every epoch: a subset tests faster, but its "
-                 "accuracy is rougher (each of 2,000 images is 0.05 points)")
-    c1, c2 = st.columns([1, 2])
-    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>", key="tr_name")
-    target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
+    name = st.session_state.tr_preset
+    if name:
+        chosen = lab.presets()[name]
+        choose_model(chosen.model)
+        set_hyper(chosen.train)
 
 
 def page_settings() -> dict:
     """The settings as the widgets hold them, as TrainConfig's keyword arguments."""
-    return {**{f: st.session_state[f"tr_{f}"] for f in FIELDS}, "limit_train": st.session_state.tr_size or None,
-            "limit_test": st.session_state.tr_test_size or None}
+    values = {f: st.session_state[f"tr_{f}"] for f in FIELDS}
+    text = st.session_state.tr_milestones.replace(" ", "")
+    try:
+        values["milestones"] = tuple(int(m) for m in text.split(",")) if text else ()
+    except ValueError:
+        values["milestones"] = text  # TrainConfig names it: "milestones must be a list of whole numbers"
+    return {**values, "limit_train": st.session_state.tr_size or None, "limit_test": st.session_state.tr_test_size or None}
 
 
-save_settings(page_settings())
+def refusal(values: dict) -> tuple[str, str] | None:
+    """(section, message) when the settings cannot make a TrainConfig."""
+    try:
+        TrainConfig(**values)
+    except ConfigError as e:
+        message = str(e)
+        section = next((name for name, words in SECTIONS.items() if message.startswith(words)), "data")
+        return section, message
+    return None
+
+
+@st.cache_resource(show_spinner="Loading MNIST...")
+def preview_data():
+    """MNIST, loaded once per server: the augmentation preview and the LR range test use it."""
+    return load_mnist()
+
+
+def augmentation_preview(values: dict) -> np.ndarray:
+    """Sixteen training digits as these settings would augment them: one grid, 0..1."""
+    x = preview_data().train_x[:16].unsqueeze(1).float() / 255
+    aug = {k: values[k] for k in ("rotate", "translate", "scale", "shear", "erase")}
+    out = augment(x, **aug, generator=torch.Generator().manual_seed(0))
+    return insight.tile(out[:, 0].numpy(), cols=8, scale_each=False, fill=0.35)
+
+
+def lr_finder(model_cfg, values: dict, problem) -> None:
+    """The LR range test on the chosen model and these settings, in this process (it writes no run)."""
+    with st.expander("Find a learning rate (LR range test)"):
+        st.caption("A fresh model trains for 200 batches while the rate rises from 1e-5 to 10 by the same factor "
+                   "each batch; the loss against the rate shows where learning is fastest. It writes no run. "
+                   f"Rule for the suggestion: {lrfind.RULE}.")
+        if st.button("Run the range test", key="tr_lrfind_run", disabled=problem is not None or bool(lab.active()),
+                     help="wait for the training to end: both would share this machine's cores" if lab.active() else None):
+            with st.spinner("Training at rising rates..."):
+                try:
+                    result = lrfind.range_test(model_cfg, TrainConfig(**values), preview_data(), steps=200)
+                except ConfigError as e:
+                    st.error(str(e), icon="🚫")
+                    return
+            st.session_state.tr_lrfind = {"lrs": result.lrs, "losses": result.losses, "smoothed": result.smoothed,
+                                          "suggestion": result.suggestion, "why": result.why}
+        found = st.session_state.get("tr_lrfind")
+        if not found:
+            return
+        st.plotly_chart(lr_range_figure(found), key="lrfind_chart")
+        if found["suggestion"] is None:
+            st.warning(f"No suggestion: {found['why']}.")
+            return
+        st.markdown(f"Suggested peak rate: **{found['suggestion']:.3g}** ({found['why']}).")
+        st.button(f"Use {found['suggestion']:.3g} as the learning rate", key="tr_use_lr",
+                  on_click=lambda: st.session_state.update(tr_lr=float(f"{found['suggestion']:.3g}")))
+
+
+def lr_range_figure(found: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=found["lrs"], y=found["losses"], mode="lines", name="each batch",
+                    line=dict(color="#9bb7e8", width=1))
+    fig.add_scatter(x=found["lrs"], y=found["smoothed"], mode="lines", name="smoothed", line=dict(color="#2f6fdf"))
+    if found["suggestion"]:
+        fig.add_vline(x=found["suggestion"], line=dict(color="#e4572e", dash="dash"),
+                      annotation_text=f"suggested {found['suggestion']:.3g}", annotation_position="top left")
+    fig.update_layout(title="Loss against the learning rate", xaxis_title="learning rate (log scale)",
+                      yaxis_title="training loss", height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    fig.update_xaxes(type="log", dtick=1, exponentformat="power")
+    top = max(found["smoothed"][:5] or [3.0]) * 1.3  # blown-up losses would flatten the part that matters
+    fig.update_yaxes(range=[0, top])
+    return fig
+
+
+def your_presets(model_cfg, values: dict, problem) -> None:
+    """Save the chosen model and these settings under a name; delete one of yours."""
+    saved = st.session_state.pop("tr_preset_saved", None)  # set just before the rerun below
+    with st.expander("Your presets", expanded=saved is not None):
+        if saved:
+            st.success(saved)
+        c1, c2, c3 = st.columns([1, 2, 1], vertical_alignment="bottom")
+        name = c1.text_input("Name", key="tr_preset_name", placeholder="e.g. strided-adamw")
+        about = c2.text_input("What it is (optional)", key="tr_preset_about")
+        if c3.button("Save as preset", key="tr_preset_save", disabled=problem is not None or not name.strip()):
+            try:
+                path = lab.save_preset(name.strip(), model_cfg, TrainConfig(**values), about)
+            except (ConfigError, RunError) as e:
+                st.error(str(e), icon="🚫")
+            else:
+                st.session_state.tr_preset_saved = f"Saved {path.name}: it is listed with the presets, here and on Architecture."
+                st.rerun()  # the preset boxes above list it at once
+        mine = list(lab.user_presets())
+        if mine:
+            c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+            gone = c1.selectbox("Delete one of yours", mine, key="tr_preset_delete_choice", index=None)
+            if c2.button("Delete", key="tr_preset_delete", disabled=gone is None):
+                try:
+                    lab.delete_preset(gone)
+                    st.rerun()
+                except (ConfigError, RunError) as e:
+                    st.error(str(e), icon="🚫")
+        st.caption(f"Stored as small JSON files in {lab.presets_dir()} (MNIST_LAB_PRESETS moves them).")
+
+
+st.title("Train")
+st.caption("Training runs in the background: you can leave this page or close the tab, and come back to it.")
+model_cfg = chosen_model()
+
+if "tr_epochs" not in st.session_state:  # first visit, or back from another page (widget state is dropped)
+    set_hyper(saved_settings())
+
+all_presets = lab.presets()
+with st.expander("Settings", expanded=True):
+    st.selectbox("Load a preset (model and recipe)", list(all_presets), index=None, key="tr_preset",
+                 on_change=on_preset, placeholder=", ".join(all_presets) + "...",
+                 help="; ".join(f"{p.name}: {p.about}" for p in all_presets.values()))
+    values = page_settings()
+    problem = refusal(values)
+
+    def show_problem(section: str) -> None:
+        if problem and problem[0] == section:
+            st.error(problem[1], icon="🚫")
+
+    st.markdown("**Data and run**")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.number_input("Epochs", 1, 500, key="tr_epochs")
+    c2.selectbox("Batch size", [16, 32, 64, 128, 256, 512], key="tr_batch_size")
+    c3.selectbox("Training images", size_options(TRAIN_SIZES, st.session_state.tr_size), key="tr_size",
+                 format_func=size_label(60000), help="a subset trains faster, for a quick try")
+    c4.selectbox("Test images", size_options(TEST_SIZES, st.session_state.tr_test_size), key="tr_test_size",
+                 format_func=size_label(10000), help="tested after every epoch: a subset tests faster, but its "
+                 "accuracy is rougher (each of 2,000 images is 0.05 points)")
+    c1, c2, c3, _ = st.columns(4)
+    c1.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
+    c2.selectbox("Device", DEVICES, key="tr_device")
+    c3.selectbox("Precision", PRECISIONS, key="tr_precision",
+                 help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs, about 3x slower "
+                      "elsewhere; auto: bf16 where it is fast, else fp32" + (
+                          " (this machine: bf16)" if fast_bf16(torch.device("cpu")) else " (this machine's CPU: fp32)"))
+    show_problem("data")
+
+    st.markdown("**Optimizer**")
+    sgd = st.session_state.tr_optimizer == "sgd"
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Optimizer", OPTIMIZERS, key="tr_optimizer", help="sgd: stochastic gradient descent with momentum; "
+                 "adam; adamw: Adam with decoupled weight decay")
+    c2.number_input("Learning rate", min_value=0.0, max_value=10.0, step=0.005, format="%g", key="tr_lr",
+                    help="the peak rate for OneCycle and cosine; must be above 0. The LR finder below suggests one.")
+    c3.number_input("Momentum (SGD)", min_value=0.0, max_value=0.999, step=0.05, format="%g", key="tr_momentum",
+                    disabled=not sgd)
+    c4.number_input("Weight decay", min_value=0.0, max_value=1.0, step=1e-4, format="%g", key="tr_weight_decay")
+    st.checkbox("Nesterov momentum (SGD)", key="tr_nesterov", disabled=not sgd)
+    show_problem("optimizer")
+
+    st.markdown("**Learning-rate schedule**")
+    kind = st.session_state.tr_scheduler
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Schedule", SCHEDULERS, key="tr_scheduler",
+                 help="none: constant; step: x gamma every step size epochs; multistep: x gamma after each "
+                      "milestone; onecycle: warm up to the rate, then anneal far below it (per batch); cosine: "
+                      "cosine decay to 0 (per batch), after optional warm-up epochs; plateau: x gamma when the test "
+                      "loss has not improved for `patience` epochs")
+    c2.number_input("Gamma (step, multistep, plateau)", min_value=0.0, max_value=1.0, step=0.05, format="%g",
+                    key="tr_gamma", disabled=kind not in ("step", "multistep", "plateau"))
+    c3.number_input("Step size, epochs (step)", 1, 500, key="tr_step_size", disabled=kind != "step")
+    c4.text_input("Milestones (multistep)", key="tr_milestones", disabled=kind != "multistep",
+                  placeholder="e.g. 5,10", help="the epochs after which the rate is multiplied by gamma")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.number_input("Warm-up share (onecycle)", min_value=0.0, max_value=1.0, step=0.05, format="%g",
+                    key="tr_warmup_pct", disabled=kind != "onecycle",
+                    help="the share of the steps spent rising from lr/10 to lr")
+    c2.number_input("Final division (onecycle)", min_value=1.0, max_value=1e6, step=10.0, format="%g",
+                    key="tr_final_div", disabled=kind != "onecycle",
+                    help="the last rate is lr/10 divided by this")
+    c3.number_input("Warm-up epochs (cosine)", 0, 499, key="tr_warmup_epochs", disabled=kind != "cosine")
+    c4.number_input("Patience, epochs (plateau)", 0, 100, key="tr_patience", disabled=kind != "plateau")
+    show_problem("schedule")
+
+    st.markdown("**Augmentation** (random, per image, on the training device)")
+    left, right = st.columns([1, 1.2])
+    with left:
+        st.slider("Rotation (degrees)", 0.0, 45.0, step=0.5, key="tr_rotate")
+        st.slider("Shift (pixels)", 0.0, 6.0, step=0.25, key="tr_translate")
+        st.slider("Scale (zoom within 1 ± this)", 0.0, 0.4, step=0.01, key="tr_scale")
+        st.slider("Shear (degrees)", 0.0, 30.0, step=0.5, key="tr_shear")
+        st.slider("Erasing (share of images with a patch erased)", 0.0, 1.0, step=0.05, key="tr_erase")
+    with right:
+        if problem is None or problem[0] != "augmentation":
+            st.image(np.kron(augmentation_preview(values), np.ones((3, 3))).clip(0, 1),
+                     caption="Sixteen training digits as these settings augment them (the same random draw each "
+                             "time: move a slider to see what it does)", width="stretch")
+    show_problem("augmentation")
+
+    st.markdown("**Regularisation**")
+    c1, c2, c3, _ = st.columns(4)
+    c1.number_input("Label smoothing", min_value=0.0, max_value=0.99, step=0.05, format="%g", key="tr_label_smoothing")
+    c2.number_input("Gradient clipping (max norm)", min_value=0.0, max_value=1e6, step=0.5, format="%g",
+                    key="tr_clip_grad", help="the gradients' total norm is clipped to this; 0 = off")
+    c3.number_input("Weight average (EMA decay)", min_value=0.0, max_value=0.9999, step=0.001, format="%g",
+                    key="tr_ema", help="a moving average of the weights (and BatchNorm statistics), updated every "
+                    "step, is what is tested and saved: smoother and usually better than the last weights; "
+                    "0.998 averages over about the last 500 steps; 0 = off")
+    show_problem("regularisation")
+
+    c1, c2 = st.columns([1, 2])
+    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>", key="tr_name")
+    target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
+
+if problem is None:
+    save_settings(values)
+    recipe = TrainConfig(**values).recipe()
+    st.caption(f"Start trains **{model_cfg.describe()}** ({model_cfg.params:,} parameters) with: " + "; ".join(
+        f"{k} {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in recipe.items()) + ".")
+
+lr_finder(model_cfg, values, problem)
+your_presets(model_cfg, values, problem)
 
 if started := st.session_state.pop("tr_started", None):  # set just before the rerun below
     st.toast(f"Started {started}")
 active = lab.active()
 with st.container(horizontal=True):  # buttons as wide as their labels, at any window width
-    start = st.button("Start training", type="primary", disabled=bool(active))
+    start = st.button("Start training", type="primary", disabled=bool(active) or problem is not None,
+                      help="the settings above are refused: see the message in red" if problem else None)
     stop = st.button("Stop", disabled=not active)
 
 if start:
     try:
-        cfg = TrainConfig(**page_settings())
+        cfg = TrainConfig(**values)
         run = lab.start(model_cfg, cfg, name=run_name.strip(), target=target.strip())
         st.session_state.tr_run = st.session_state.tr_started = run.name
     except (ConfigError, RunError, jobs.Busy) as e:
@@ -166,7 +365,10 @@ def live():
         st.markdown(f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
                     f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s")
     if batches:
-        st.plotly_chart(batch_loss_figure(batches, max_points=LIVE_POINTS), key="batch_curve")
+        c1, c2 = st.columns([2, 1]) if epochs else (st.container(), None)
+        c1.plotly_chart(batch_loss_figure(batches, max_points=LIVE_POINTS), key="batch_curve")
+        if c2 is not None:
+            c2.plotly_chart(lr_figure({run.name: epochs}), key="lr_curve")
     if status != "running":
         show_card(run, missing="No card yet.")
         # the process writes its final status, then exits and frees the lock: wait for both
