@@ -234,6 +234,14 @@ def choose(page, label: str, option: str) -> None:
     expect(box).to_have_value(option)
 
 
+def fill(page, label: str, text: str) -> None:
+    """Type into the text or number box with this label, press Enter and wait for the rerun."""
+    box = page.get_by_label(label, exact=True)
+    box.fill(text)
+    box.press("Enter")
+    settle(page)
+
+
 def total_heading(page):
     return page.get_by_role("heading", name=re.compile(r"^Total params: "))
 
@@ -434,18 +442,12 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     open_page(page, app_url, "/train", "Train")
     expect(page.get_by_text("No run yet: choose settings")).to_be_visible()
 
-    epochs = page.get_by_label("Epochs", exact=True)
-    epochs.fill("2")
-    epochs.press("Enter")
-    settle(page)
+    fill(page, "Epochs", "2")
     choose(page, "Batch size", "32")
     settle(page)
     choose(page, "Training images", "1,000")
     settle(page)
-    name = page.get_by_label("Run name (optional)", exact=True)
-    name.fill("e2e-quick")
-    name.press("Enter")
-    settle(page)
+    fill(page, "Run name (optional)", "e2e-quick")
     target = page.get_by_label("Target (the card's first TARGET line, optional)", exact=True)
     target.fill("A quick try on 1,000 images")
     target.press("Enter")
@@ -519,16 +521,10 @@ def test_a_list_with_padding_stride_and_depthwise_trains_and_shows_on_runs_and_d
     expect(page.get_by_role("heading", name="Train", exact=True).first).to_be_visible()
     settle(page)
     expect(page.get_by_text(shapes).first).to_be_visible()
-    epochs = page.get_by_label("Epochs", exact=True)
-    epochs.fill("1")
-    epochs.press("Enter")
-    settle(page)
+    fill(page, "Epochs", "1")
     choose(page, "Training images", "1,000")
     settle(page)
-    name = page.get_by_label("Run name (optional)", exact=True)
-    name.fill("e2e-shapes")
-    name.press("Enter")
-    settle(page)
+    fill(page, "Run name (optional)", "e2e-shapes")
     page.get_by_role("button", name="Start training").click()
     expect(page.get_by_role("heading", name="e2e-shapes: finished")).to_be_visible(timeout=TRAIN_WAIT)
     config = json.loads((runs_dir / "e2e-shapes" / "config.json").read_text())

@@ -338,8 +338,8 @@ def test_killing_the_app_server_leaves_the_training_running_and_shown(runs, tmp_
             page = pb[1].new_page()
             page.goto(f"{url}/train")
             page.get_by_role("button", name="Start training").wait_for(timeout=60000)
-            page.get_by_label("Epochs").fill("100")
-            page.get_by_label("Epochs").press("Enter")
+            page.get_by_label("Epochs", exact=True).fill("100")
+            page.get_by_label("Epochs", exact=True).press("Enter")
             page.get_by_role("combobox", name="Training images").click()
             page.get_by_role("option", name="1,000", exact=True).click()
             page.wait_for_timeout(300)
@@ -489,6 +489,7 @@ HOSTILE_NAMES = ["../escape", "../../etc/cron.d/x", "/tmp/absolute", "a/b", ".."
                  "semi;colon", "new\nline", "tab\tname", "spa ce", "-dash", "ütf8", "$(touch pwned)", "nul\x00byte"]
 
 
+@pytest.mark.process  # the Train page loads MNIST for its preview
 def test_hostile_run_names_cannot_escape_the_runs_folder(runs, tmp_path, capsys):
     outside = sorted(p.name for p in tmp_path.iterdir())
     for name in HOSTILE_NAMES:
@@ -505,7 +506,7 @@ def test_hostile_run_names_cannot_escape_the_runs_folder(runs, tmp_path, capsys)
     assert not Path("/tmp/absolute").exists() and not (ROOT / "pwned").exists()
 
     at = app("views/train.py")  # the same through the Train page's name box
-    at.text_input[0].set_value("../escape")
+    at.text_input(key="tr_name").set_value("../escape")
     button(at, "Start training").click().run()
     assert not at.exception and any("run name '../escape' is not allowed" in e for e in texts(at.error))
     assert run_dirs(runs) == []
@@ -731,6 +732,7 @@ def test_draw_page_shows_an_error_for_a_damaged_run_checkpoint(runs, mnist):
 # --- inputs ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.process  # the Train page loads MNIST for its preview
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -746,13 +748,15 @@ def test_train_page_refuses_impossible_settings_with_the_cores_message(runs, key
         pytest.skip("MPS is available here, so mps is a valid choice")
     at = app("views/train.py")
     widget = at.number_input(key=key) if key == "tr_lr" else at.selectbox(key=key)
-    widget.set_value(value)
-    button(at, "Start training").click().run()
+    widget.set_value(value).run()
+    if not button(at, "Start training").disabled:  # refused when pressed (the device), or before (the rate)
+        button(at, "Start training").click().run()
     assert not at.exception
     assert any(message in e for e in texts(at.error)), texts(at.error)
     assert run_dirs(runs) == [] and jobs.active(runs) is None
 
 
+@pytest.mark.process  # the Train page loads MNIST for its preview
 def test_train_page_pulls_forged_out_of_range_values_back_into_range(runs):
     """A value outside a widget's bounds (a crafted websocket message) never reaches the core as is."""
     at = app("views/train.py")
@@ -762,8 +766,8 @@ def test_train_page_pulls_forged_out_of_range_values_back_into_range(runs):
         w = at.number_input(key=key)
         assert not at.exception and w.min <= w.value <= w.max, (key, forged, w.value)
     assert at.number_input(key="tr_lr").value == 0.0  # pulled to the bound, which the core refuses:
-    button(at, "Start training").click().run()
-    assert any("lr is 0" in e for e in texts(at.error)) and run_dirs(runs) == []
+    assert any("lr is 0" in e for e in texts(at.error))  # said next to the control,
+    assert button(at, "Start training").disabled and run_dirs(runs) == []  # and nothing can start
 
 
 @pytest.mark.parametrize(

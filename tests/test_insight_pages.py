@@ -263,7 +263,8 @@ def test_architecture_trains_ab_batchnorm_on_and_off(app, runs_dir):
         assert ModelConfig.from_dict(nobn["model"]).template_settings()[1] is False
         assert [x for x in bn["model"]["layers"] if x["type"] != "bn"] == nobn["model"]["layers"]
         assert bn["train"] == nobn["train"]
-        assert bn["train"] == {**asdict(settings), "epochs": 1, "limit_train": 2000}  # seed 7, batch 128, ...
+        # seed 7, batch 128, ... (as JSON: the milestones a list)
+        assert bn["train"] == json.loads(json.dumps({**asdict(settings), "epochs": 1, "limit_train": 2000}))
         wait_idle(runs_dir)
     finally:
         for p in runs:

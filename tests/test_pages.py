@@ -270,6 +270,22 @@ def test_train_page_previews_the_augmentation_and_saves_a_preset(app, monkeypatc
     assert "rotated" in app.selectbox(key="arch_preset").options
 
 
+def test_train_page_lr_range_test_plots_and_offers_its_suggestion(app):
+    page(app, "views/train.py")
+    app.selectbox(key="tr_size").set_value(2000).run()
+    button(app, "Run the range test").click().run()
+    assert not app.exception and not app.error, texts(app.error)
+    assert "lrfind_chart" in chart_keys(app)
+    found = app.session_state["tr_lrfind"]
+    assert len(found["lrs"]) > 50 and found["lrs"][0] == pytest.approx(1e-5)
+    if found["suggestion"] is None:  # the page says why instead
+        assert any(w.startswith("No suggestion: ") for w in texts(app.warning))
+        return
+    assert any(m.startswith(f"Suggested peak rate: **{found['suggestion']:.3g}**") for m in texts(app.markdown))
+    button(app, f"Use {found['suggestion']:.3g} as the learning rate").click().run()
+    assert app.number_input(key="tr_lr").value == pytest.approx(float(f"{found['suggestion']:.3g}"))
+
+
 def test_train_page_shows_a_finished_run_with_its_card(app, finished_run):
     page(app, "views/train.py")
     assert "tiny: finished" in texts(app.subheader)

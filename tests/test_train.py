@@ -291,4 +291,4 @@ def test_ema_tests_and_saves_the_averaged_weights_of_the_same_training(mnist):
     assert not torch.equal(live["0.weight"], averaged["0.weight"])
     assert not torch.equal(live["1.running_mean"], averaged["1.running_mean"])
     assert ema_result.model.config == ModelConfig()
-    assert "weights averaged (EMA 0.998)" in target_text({"model": {"widths": [1] * 6}, "train": {"ema": 0.998}})
+    assert "weight average (EMA) 0.998" in target_text({"model": {"widths": [1] * 6}, "train": {"ema": 0.998}})
