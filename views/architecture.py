@@ -176,10 +176,17 @@ with right:
     macs = sum(r.macs for r in cfg.rows)
     st.markdown(f"Model **{cfg.describe()}**")
     # one wrapping line, not three metric boxes: nothing is cut short in a narrow column
-    st.markdown(f"**{macs / 1e6:.2f} M** multiply-adds per image · **{latency_ms(cfg):.2f} ms** to read one "
-                f"image on this CPU · receptive field **{rf}x{rf}**",
-                help="Multiply-adds as torchinfo counts them; the time is the median of up to 20 single-image "
-                     "forward passes on this machine; the receptive field is the input patch one output sees.")
+    cost = st.empty()  # filled at the end of the script: the timing runs the model, the rest is arithmetic
+
+    def show_cost(ms: float | None) -> None:
+        timing = f"**{ms:.2f} ms**" if ms is not None else "timing..."
+        cost.markdown(f"**{macs / 1e6:.2f} M** multiply-adds per image · {timing} to read one "
+                      f"image on this CPU · receptive field **{rf}x{rf}**",
+                      help="Multiply-adds as torchinfo counts them; the time is the median of up to 20 single-"
+                           "image forward passes on this machine; the receptive field is the input patch one "
+                           "output sees.")
+
+    show_cost(None)
     st.text_input("Layers as text", key="arch_spec", on_change=on_spec,
                   help="One token per layer, for copy and paste: conv16 (3x3), conv16k1 (1x1), conv16s2p1 "
                        "(stride 2, padding 1), conv16dw (depthwise), conv16+b (with bias), bn, relu, drop0.1, "
@@ -245,3 +252,5 @@ with left, st.expander("Train A/B: BatchNorm on vs off"):
             st.success(f"Started {runs[0].name}, then {runs[1].name}. Follow them on the Train page.")
         except (ConfigError, RunError, jobs.Busy) as e:
             st.error(str(e))
+
+show_cost(latency_ms(cfg))  # last: the count, the table and the editor are on the page before the model runs
