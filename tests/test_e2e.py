@@ -536,7 +536,7 @@ def test_a_list_with_padding_stride_and_depthwise_trains_and_shows_on_runs_and_d
     if page.get_by_role("combobox", name="Run", exact=True).input_value() != "e2e-shapes":
         choose(page, "Run", "e2e-shapes")  # the newest run is shown already
     expect(page.get_by_role("heading", name="e2e-shapes", exact=True)).to_be_visible()
-    expect(page.get_by_text(f"Train model {shapes} ({cfg.params} params)")).to_be_visible()
+    expect(page.get_by_text(f"Train model {shapes} ({cfg.params} params)").first).to_be_visible()
 
     page.get_by_test_id("stSidebar").get_by_role("link", name="Draw").click()
     expect(page.get_by_role("heading", name="Draw", exact=True).first).to_be_visible()
