@@ -21,12 +21,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import MNIST, training_batch
 from mnist_core.model import build_model
-from mnist_core.train import make_optimizer, resolve_device
+from mnist_core.train import make_optimizer, resolve_device, training_step, use_bf16
 
 RULE = "the rate where the smoothed loss falls fastest against log(rate), before the loss's minimum"
 SMOOTHING = 0.98  # the early stop's exponential average: its weight of the past
@@ -91,6 +90,7 @@ def range_test(model_cfg: ModelConfig, cfg: TrainConfig, data: MNIST, start: flo
     opt = make_optimizer(model, replace(cfg, lr=start))
     factor = (end / start) ** (1 / (steps - 1))
     augmentation = cfg.augmentation()
+    bf16 = use_bf16(cfg.precision, device)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     lrs, losses, avg, best = [], [], 0.0, math.inf
     perm = torch.randperm(len(train_x), device=device, generator=gen)
@@ -103,13 +103,7 @@ def range_test(model_cfg: ModelConfig, cfg: TrainConfig, data: MNIST, start: flo
         lr = start * factor**i
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = F.cross_entropy(model(training_batch(train_x[idx], augmentation, gen)), train_y[idx],
-                               label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        opt.step()
+        loss, _ = training_step(model, opt, training_batch(train_x[idx], augmentation, gen), train_y[idx], cfg, bf16)
         value = loss.item()
         if not math.isfinite(value):
             break

@@ -267,6 +267,22 @@ def train(
     return TrainResult(tested, cfg.epochs, False, best_acc, best_epoch)
 
 
+def training_step(model: Net, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a prepared batch as the recipe says: the forward pass (bf16 autocast
+    when asked), cross-entropy with its label smoothing, backward, gradient clipping, the step.
+    Returns (loss, logits (B, 10)). The training loop and the LR range test both step through it."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x).float()  # (B, 10)
+    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+    opt.step()
+    return loss, logits
+
+
 def train_epoch(model: Net, opt, schedule: Schedule, average, data: MNIST, cfg: TrainConfig, gen: torch.Generator,
                 epoch: int, step: int, callback: Callback, should_stop: Callable[[], bool]) -> tuple[int, dict | None]:
     """One pass over the shuffled training set, a "batch" record per step. Returns the step count
@@ -286,14 +302,7 @@ def train_epoch(model: Net, opt, schedule: Schedule, average, data: MNIST, cfg: 
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x = training_batch(data.train_x[idx], augmentation, gen)  # (B, 1, 28, 28)
         y = data.train_y[idx]  # (B,)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x).float()  # (B, 10)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        opt.step()
+        loss, logits = training_step(model, opt, x, y, cfg, bf16)
         if average is not None:
             average.update_parameters(model)
         schedule.after_batch()
