@@ -219,9 +219,8 @@ def accuracy_bench(preset: Preset, seeds: list[int], goal: float = 99.4, print_f
     """Train `preset` once per seed; report the last three epochs' test accuracy and the time to `goal`."""
     m, t = preset.model, preset.train
     device = resolve_device(t.device)
-    recipe = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in t.recipe().items())
-    print_fn(f"{preset.name}: {count_params(m):,} parameters ({m.describe()}); {t.epochs} epochs, batch {t.batch_size}, "
-             f"{recipe}, precision {t.precision}; goal {goal:.2f}% test accuracy")
+    print_fn(f"{preset.name}: {count_params(m):,} parameters ({m.describe()}); {t.epochs} epochs, batch {t.batch_size}; "
+             f"{t.recipe_text()}; precision {t.precision}; goal {goal:.2f}% test accuracy")
     print_fn(f"torch {torch.__version__}, {device.type}, {torch.get_num_threads()} CPU threads; seeds {', '.join(map(str, seeds))}")
     per_seed = {}
     for seed in seeds:

@@ -244,6 +244,10 @@ class TrainConfig:
         """What a card and a comparison need to know of the recipe: the settings that apply."""
         return recipe_of(self)
 
+    def recipe_text(self) -> str:
+        """The recipe on one line: 'optimizer: sgd; lr 0.2; momentum 0.9; schedule: OneCycle, ...'."""
+        return "; ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in self.recipe().items())
+
 
 def _whole_tuple(name: str, value) -> tuple:
     if isinstance(value, (list, tuple)):

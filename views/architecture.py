@@ -138,10 +138,8 @@ with left:
                  placeholder="Load a preset...", on_change=on_preset,
                  help="; ".join(f"{p.name}: {p.about}" for p in all_presets.values()))
     if (source := st.session_state.get("arch_recipe_from")) in all_presets:
-        st.info(f"Train starts from **{source}**'s recipe: "
-                + "; ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k}: {v}"
-                            for k, v in saved_settings().recipe().items())
-                + ". Change it on the Train page.")
+        st.info(f"Train starts from **{source}**'s recipe: {saved_settings().recipe_text()}. "
+                "Change it on the Train page.")
     # a widget's own state is dropped when the page is left: the budget lives in a key of its own
     st.number_input("Parameter budget", min_value=100, max_value=10_000_000, step=500, key="arch_budget_input",
                     value=st.session_state.setdefault("arch_budget", 10_000),

@@ -291,9 +291,8 @@ with st.expander("Settings", expanded=True):
 
 if problem is None:
     save_settings(values)
-    recipe = TrainConfig(**values).recipe()
-    st.caption(f"Start trains **{model_cfg.describe()}** ({model_cfg.params:,} parameters) with: " + "; ".join(
-        f"{k} {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in recipe.items()) + ".")
+    st.caption(f"Start trains **{model_cfg.describe()}** ({model_cfg.params:,} parameters) with: "
+               f"{TrainConfig(**values).recipe_text()}.")
 
 lr_finder(model_cfg, values, problem)
 your_presets(model_cfg, values, problem)
