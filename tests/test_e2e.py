@@ -345,6 +345,33 @@ def test_layer_editor_adds_a_layer_and_the_total_follows(page, app_url):
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
 
 
+def test_text_edits_rerun_the_model_panel_and_the_template_follows(page, app_url):
+    """The text form and the table rerun only the model's panel (a fragment). The template column
+    outside must still follow: a list of the template's family moves its sliders, a list of another
+    shape changes its caption, and a later whole-page rerun keeps the typed model."""
+    from playwright.sync_api import expect
+
+    open_page(page, app_url, "/architecture", "Architecture")
+    total = total_heading(page)
+    text = page.get_by_label("Layers as text", exact=True)
+    block1 = page.locator('input[type="range"][aria-label="Block 1 (3x3 conv)"]')
+
+    family = ModelConfig.template(widths=(10, 16, 10, 12, 16, 30))
+    fill(page, "Layers as text", family.text)
+    expect(total).to_have_text(f"Total params: {family.params:,}")
+    expect(block1).to_have_attribute("aria-valuetext", "10")
+    expect(page.get_by_label("Widths (type them exactly)", exact=True)).to_have_value("10,16,10,12,16,30")
+
+    deep = ModelConfig.parse(" ".join(["conv12p1 bn relu"] * 12) + " maxpool conv8 gap conv10k1")
+    assert len(deep.layers) == 40
+    fill(page, "Layers as text", deep.text)
+    expect(total).to_have_text(f"Total params: {deep.params:,}")
+    expect(page.get_by_text("The model is of another shape now")).to_be_visible()
+    fill(page, "Parameter budget", "20000")  # a whole-page rerun: the typed model stays
+    expect(total).to_have_text(f"Total params: {deep.params:,}")
+    expect(text).to_have_value(deep.text)
+
+
 def test_enter_in_the_ab_form_starts_nothing(page, app_url, runs_dir):
     """Two full trainings start from the Train A/B button only, not from Enter in its Epochs box."""
     from playwright.sync_api import expect

@@ -21,6 +21,29 @@ ABOUT = {
     "add": "residual: adds an earlier layer's output",
 }
 
+EDITOR_COLUMNS = {  # the layer editor's columns; widths in pixels: all eleven fit the page's right column
+    "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=44),
+    "type": st.column_config.SelectboxColumn("type", options=list(spec.LAYER_TYPES), required=True, width=78,
+                                             help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
+    "out": st.column_config.NumberColumn(width=56, help="conv, linear: output channels", min_value=1,
+                                         max_value=spec.MAX_CHANNELS, step=1),
+    "kernel": st.column_config.NumberColumn("k", width=44, help="kernel: conv (3), maxpool/avgpool (2)",
+                                            min_value=1, step=1),
+    "stride": st.column_config.NumberColumn("s", width=44, help="stride: conv (1), maxpool/avgpool (2)",
+                                            min_value=1, max_value=spec.MAX_STRIDE, step=1),
+    "padding": st.column_config.NumberColumn("pad", width=54, help="padding (conv): zeros on each side (0)",
+                                             min_value=0, step=1),
+    "dilation": st.column_config.NumberColumn("dil", width=50, min_value=1, max_value=spec.MAX_DILATION, step=1,
+                                              help="dilation (conv): spacing of the kernel's taps (1)"),
+    "depthwise": st.column_config.CheckboxColumn("dw", width=48,
+                                                 help="depthwise (conv): one filter group per input channel"),
+    "bias": st.column_config.CheckboxColumn(width=56, help="conv (off), linear (on)"),
+    "p": st.column_config.NumberColumn(width=52, help="dropout probability (0.1)", min_value=0.0,
+                                       max_value=spec.MAX_DROPOUT, step=0.01),
+    "skip": st.column_config.NumberColumn(width=56, min_value=0, step=1,
+                                          help="add: the layer whose output is added here (0: the input image)"),
+}
+
 
 # -- one model, four editors: the preset box, the template, the text form and the layer table ---
 # Each editor's callback makes a ModelConfig; a valid one becomes the chosen model and every other
@@ -157,9 +180,17 @@ with left:
                   help="Dropout2d after every ReLU; 0 = off")
         st.text_input("Widths (type them exactly)", key="arch_widths", on_change=on_widths,
                       help="six numbers, e.g. 12,16,10,12,16,30")
+st.session_state.arch_template_shown = current.template_settings()
 
-cfg = chosen_model()
-with right:
+
+@st.fragment
+def model_panel(budget: int) -> None:
+    """The count, the tables, the text form and the editor. An edit in the text form or the table reruns
+    only this part, not the whole page: that keeps a 40-layer list live. The template column outside
+    follows with a whole-page rerun only when the edit changed what it shows."""
+    cfg = chosen_model()
+    if cfg.template_settings() != st.session_state.arch_template_shown:
+        st.rerun()  # the template's sliders or caption would be stale: draw the whole page
     if error := st.session_state.get("arch_error"):
         st.error(f"{error}. Showing the last valid model.", icon="🚫")
     total = cfg.params
@@ -174,7 +205,7 @@ with right:
     macs = sum(r.macs for r in cfg.rows)
     st.markdown(f"Model **{cfg.describe()}**")
     # one wrapping line, not three metric boxes: nothing is cut short in a narrow column
-    cost = st.empty()  # filled at the end of the script: the timing runs the model, the rest is arithmetic
+    cost = st.empty()  # filled last: the timing runs the model, the rest is arithmetic
 
     def show_cost(ms: float | None) -> None:
         timing = f"**{ms:.2f} ms**" if ms is not None else "timing..."
@@ -190,48 +221,36 @@ with right:
                        "(stride 2, padding 1), conv16dw (depthwise), conv16+b (with bias), bn, relu, drop0.1, "
                        "maxpool, avgpool, gap, linear10, add3 (adds layer 3's output: a residual connection). "
                        "The JSON form ({\"layers\": [...]}) is accepted too.")
-    plan, edit = st.tabs(["Layer table", "Edit the layers"])
-    with plan:
-        df = plan_frame(cfg)
-        st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760),
-                     column_config={"mult-adds": st.column_config.NumberColumn(format="compact"),
-                                    "RF": st.column_config.TextColumn(help="receptive field: the input patch one "
-                                                                           "output value of the layer sees")})
-    with edit:
-        st.caption("Change a cell, add a row at the bottom, select rows to delete them; change **#** to move "
-                   "a row (2.5 goes between 2 and 3). Blank cells take the defaults. k, s, pad, dil: kernel, "
-                   "stride, padding, dilation; dw: depthwise; p: dropout; skip: the layer an add takes.")
-        st.data_editor(
-            layer_editor.frame(cfg), key=table_key(), on_change=on_table, num_rows="dynamic", hide_index=True,
-            width="stretch", height=38 + 35 * (len(cfg.layers) + 1),  # every row in view, and room for a new one
-            column_config={  # widths in pixels: all eleven columns fit the page's right column
-                "#": st.column_config.NumberColumn("#", help="position: change it to move the row", width=44),
-                "type": st.column_config.SelectboxColumn("type", options=list(spec.LAYER_TYPES), required=True,
-                                                         width=78, help="; ".join(f"{k}: {v}" for k, v in ABOUT.items())),
-                "out": st.column_config.NumberColumn(width=56, help="conv, linear: output channels", min_value=1,
-                                                     max_value=spec.MAX_CHANNELS, step=1),
-                "kernel": st.column_config.NumberColumn("k", width=44, help="kernel: conv (3), maxpool/avgpool (2)", min_value=1,
-                                                        step=1),
-                "stride": st.column_config.NumberColumn("s", width=44, help="stride: conv (1), maxpool/avgpool (2)", min_value=1,
-                                                        max_value=spec.MAX_STRIDE, step=1),
-                "padding": st.column_config.NumberColumn("pad", width=54, help="padding (conv): zeros on each side (0)", min_value=0,
-                                                         step=1),
-                "dilation": st.column_config.NumberColumn("dil", width=50, help="dilation (conv): spacing of the kernel's taps (1)",
-                                                          min_value=1, max_value=spec.MAX_DILATION, step=1),
-                "depthwise": st.column_config.CheckboxColumn("dw", width=48,
-                                                             help="depthwise (conv): one filter group per input channel"),
-                "bias": st.column_config.CheckboxColumn(width=56, help="conv (off), linear (on)"),
-                "p": st.column_config.NumberColumn(width=52, help="dropout probability (0.1)", min_value=0.0,
-                                                   max_value=spec.MAX_DROPOUT, step=0.01),
-                "skip": st.column_config.NumberColumn(width=56, help="add: the layer whose output is added here "
-                                                      "(0: the input image)", min_value=0, step=1),
-            },
-        )
+    # only the open tab's grid is made and sent: two 40-row grids would slow every edit
+    plan, edit = st.tabs(["Layer table", "Edit the layers"], key="arch_tab", on_change="rerun")
+    if plan.open:
+        with plan:
+            df = plan_frame(cfg)
+            st.dataframe(df, hide_index=True, width="stretch", height=min(40 + 35 * len(df), 760),
+                         column_config={"mult-adds": st.column_config.NumberColumn(format="compact"),
+                                        "RF": st.column_config.TextColumn(help="receptive field: the input patch one "
+                                                                               "output value of the layer sees")})
+    if edit.open:
+        with edit:
+            st.caption("Change a cell, add a row at the bottom, select rows to delete them; change **#** to move "
+                       "a row (2.5 goes between 2 and 3). Blank cells take the defaults. k, s, pad, dil: kernel, "
+                       "stride, padding, dilation; dw: depthwise; p: dropout; skip: the layer an add takes.")
+            st.data_editor(
+                layer_editor.frame(cfg), key=table_key(), on_change=on_table, num_rows="dynamic", hide_index=True,
+                width="stretch", height=38 + 35 * (len(cfg.layers) + 1),  # every row in view, and room for a new one
+                column_config=EDITOR_COLUMNS,
+            )
     with st.expander("As JSON, the command line's --arch file"):
         st.code(json.dumps(cfg.to_dict()), language="json", wrap_lines=True)
     if st.toggle("torchinfo's summary", key="arch_torchinfo", help="the table torchinfo prints for this model "
                  "(it runs the model once, so it is made only when asked for)"):
         st.code(torchinfo_text(cfg), language=None)
+
+    show_cost(latency_ms(cfg))  # last: the count, the table and the editor are on the page before the model runs
+
+
+with right:
+    model_panel(budget)
 
 
 with left, st.expander("Train A/B: BatchNorm on vs off"):
@@ -246,9 +265,7 @@ with left, st.expander("Train A/B: BatchNorm on vs off"):
         launch = st.form_submit_button("Train A/B")
     if launch:
         try:
-            runs = lab.start_ab_batchnorm(cfg, replace(base, epochs=int(epochs), limit_train=size or None))
+            runs = lab.start_ab_batchnorm(chosen_model(), replace(base, epochs=int(epochs), limit_train=size or None))
             st.success(f"Started {runs[0].name}, then {runs[1].name}. Follow them on the Train page.")
         except (ConfigError, RunError, jobs.Busy) as e:
             st.error(str(e))
-
-show_cost(latency_ms(cfg))  # last: the count, the table and the editor are on the page before the model runs
