@@ -155,6 +155,7 @@ class TrainConfig:
     scale: float = 0.0  # augmentation: random zoom within 1 +- this
     shear: float = 0.0  # augmentation: random shear up to +- this many degrees
     erase: float = 0.0  # augmentation: the share of images in which a random patch is erased (cutout)
+    val_split: int = 0  # training images held out (a fixed, seeded choice) to choose best.pt on; 0 = none
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", _whole_tuple("milestones", self.milestones))
@@ -205,6 +206,7 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is unknown: choose one of {', '.join(DEVICES)}")
+        whole("val_split", 0, 30000)
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 whole(name, 1)

@@ -33,6 +33,9 @@ class DataError(RuntimeError):
     """MNIST is missing or fails its checksum; the message names the file."""
 
 
+VAL_SEED = 20250101  # the validation split's fixed choice
+
+
 @dataclass
 class MNIST:
     train_x: torch.Tensor  # (60000, 28, 28) uint8
@@ -46,6 +49,15 @@ class MNIST:
     def limit(self, train: int | None = None, test: int | None = None) -> "MNIST":
         """The first `train` training and `test` test images (all of a split when None)."""
         return MNIST(self.train_x[:train], self.train_y[:train], self.test_x[:test], self.test_y[:test])
+
+    def hold_out(self, n: int) -> tuple["MNIST", torch.Tensor, torch.Tensor]:
+        """(the data without n training images, their images, their labels). The n are a fixed
+        choice (seed VAL_SEED), the same for every run and every seed, so a group of seeds is
+        validated on one set."""
+        perm = torch.randperm(len(self.train_x), generator=torch.Generator().manual_seed(VAL_SEED))
+        keep, held = perm[n:].sort().values, perm[:n].sort().values
+        rest = MNIST(self.train_x[keep], self.train_y[keep], self.test_x, self.test_y)
+        return rest, self.train_x[held], self.train_y[held]
 
 
 def sha256(path: Path) -> str:

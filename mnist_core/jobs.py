@@ -25,7 +25,7 @@ from pathlib import Path
 from mnist_core.card import plural
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.files import UnreadableFile, describe_os_error, open_regular, read_tail
-from mnist_core.runs import NAME_RE, Run, RunError
+from mnist_core.runs import META, NAME_RE, Run, RunError
 from mnist_core.runner import write_card
 from mnist_core.train import check_can_train
 
@@ -90,7 +90,7 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
         try:
             for spec in specs:
                 runs.append(Run.create(runs_dir, spec["model_cfg"], spec["train_cfg"], name=spec.get("name"),
-                                       target=spec.get("target"), preset=spec.get("preset"), parent=spec.get("parent")))
+                                       **{k: spec.get(k) for k in META}))
             with open(runs[0].path / "train.log", "wb") as log:
                 proc = _spawn(runs, fd, log)
         except BaseException as e:

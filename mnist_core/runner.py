@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from mnist_core import goal
 from mnist_core.card import render as render_card
 from mnist_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mnist_core.config import ConfigError, TrainConfig
@@ -21,12 +22,14 @@ from mnist_core.train import train
 
 
 def card_markdown(run: Run, status: str | None = None) -> str:
-    """The run's card from its files; `status` in place of status.json's when given."""
+    """The run's card from its files, judged by the runs folder's goal; `status` in place of
+    status.json's when given."""
     try:
         table = summary_text(run.model_config())
     except (ConfigError, KeyError):
         table = ""
-    return render_card(run.config, run.epochs(), status or run.status.get("status", "unknown"), table)
+    return render_card(run.config, run.epochs(), status or run.status.get("status", "unknown"), table,
+                       goal.load(run.path.parent), run.notes)
 
 
 def write_card(run: Run) -> None:

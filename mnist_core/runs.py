@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
+from mnist_core.goal import Goal, judge
 from mnist_core.files import (
     SMALL_FILE_BYTES,
     UnreadableFile,
@@ -43,6 +44,9 @@ RECORD_FIELDS = {
               "seconds", "images_per_s"),
     "stopped": ("epoch", "batch", "step"),
 }
+
+
+META = ("preset", "target", "parent", "group")  # what config.json says of a run besides its settings
 
 
 class RunError(ValueError):
@@ -223,7 +227,7 @@ class Run:
     # -- creation --------------------------------------------------------------------------
     @classmethod
     def create(cls, runs_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, name: str | None = None,
-               preset: str | None = None, target: str | None = None, parent: str | None = None) -> "Run":
+               **meta) -> "Run":
         """A new run directory; refuses a name that exists (mkdir is the lock against doubles)."""
         runs_dir = Path(runs_dir)
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +239,7 @@ class Run:
             raise RunError(f"run {name!r} already exists in {runs_dir}") from None
         run = cls(path)
         try:
-            run.write_config(model_cfg, train_cfg, preset=preset, target=target, parent=parent)
+            run.write_config(model_cfg, train_cfg, **meta)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)  # a full disk, say: leave no half-made run behind
             raise
@@ -263,16 +267,18 @@ class Run:
             raise
         return run
 
-    def write_config(self, model_cfg, train_cfg, preset=None, target=None, parent=None) -> None:
+    def write_config(self, model_cfg, train_cfg, **meta) -> None:
+        """config.json: the name, the model, the recipe and META's keys (preset, target, parent: the
+        run it continues, group: the seed group it belongs to); a key not given keeps its old value."""
+        if unknown := set(meta) - set(META):
+            raise TypeError(f"unknown run metadata: {', '.join(sorted(unknown))}")
         old = read_json(self.path / "config.json", {}) or {}
         atomic_write_json(
             self.path / "config.json",
             {
                 "name": self.name,
                 "created": old.get("created") or dt.datetime.now().isoformat(timespec="seconds"),
-                "preset": preset if preset is not None else old.get("preset"),
-                "target": target if target is not None else old.get("target"),
-                "parent": parent if parent is not None else old.get("parent"),
+                **{k: meta[k] if meta.get(k) is not None else old.get(k) for k in META},
                 "params": model_cfg.params,
                 "model": model_cfg.to_dict(),
                 "train": asdict(train_cfg),
@@ -338,6 +344,14 @@ class Run:
             out.append(error.replace(f"{self.path}/", ""))
         return out
 
+    @property
+    def notes(self) -> dict:
+        """notes.json: {"notes": text, "tags": [tag, ...]}, each empty when unset or unreadable."""
+        d = _mapping(read_json(self.path / "notes.json"))
+        tags = d.get("tags") if isinstance(d.get("tags"), list) else []
+        return {"notes": d["notes"] if isinstance(d.get("notes"), str) else "",
+                "tags": [t for t in tags if isinstance(t, str)]}
+
     def card_text(self) -> str | None:
         """card.md's text, None when there is none; UnreadableFile names a card that cannot be read."""
         data = self.read_file("card.md")
@@ -370,9 +384,10 @@ class Run:
     def stop_requested(self) -> bool:
         return (self.path / "STOP").exists()
 
-    def summary(self, status: dict | None = None) -> dict:
-        """One row for the runs table, from whatever files are readable; `status` in place of
-        status.json's when given (jobs.status, which knows whether the process is alive)."""
+    def summary(self, status: dict | None = None, goal: Goal | None = None) -> dict:
+        """One row for the runs table, from whatever files are readable, judged against `goal`;
+        `status` in place of status.json's when given (jobs.status, which knows whether the process
+        is alive)."""
         cfg, epochs = self.config, self.epochs()
         status = self.status if status is None else status
         model, train = _mapping(cfg.get("model")), _mapping(cfg.get("train"))
@@ -380,15 +395,29 @@ class Run:
             architecture = model_config_from_dict(model).describe()
         except ConfigError:
             architecture = "?"
+        params = cfg["params"] if isinstance(cfg.get("params"), int) and not isinstance(cfg["params"], bool) else None
+        before = train.get("start_epoch") if isinstance(train.get("start_epoch"), int) else 0
+        verdict = judge(goal or Goal(), epochs, params, before)
+        state = str(status.get("status", "unknown" if not epochs else "interrupted"))
         return {
             "name": self.name,
             "created": str(cfg.get("created", "")),
-            "status": str(status.get("status", "unknown" if not epochs else "interrupted")),
+            "status": state,
             "architecture": architecture,
-            "params": cfg["params"] if isinstance(cfg.get("params"), int) else None,
+            "params": params,
+            "final test acc": verdict.final,
+            "last min": verdict.last_min,
+            # a run still training has no verdict yet: its last epochs are still to come
+            "verdict": "…" if state in ("running", "queued") else verdict.word,
+            "why": verdict.reason,
             "best train acc": max((e["train_acc"] for e in epochs), default=None),
             "best test acc": max((e["test_acc"] for e in epochs), default=None),
             "epochs": f"{len(epochs)}/{train.get('epochs', '?')}",
+            "epochs in all": before + len(epochs),
+            "seed": train.get("seed"),
+            "group": str(cfg.get("group") or ""),
+            "parent": str(cfg.get("parent") or ""),
+            "tags": ", ".join(self.notes["tags"]),
             "reason": str(status.get("reason", "")),
         }
 

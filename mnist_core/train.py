@@ -71,9 +71,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def check_can_train(cfg: TrainConfig, train_size: int = 60000) -> None:
     """Refuse, before anything is written, settings that cannot train here: an unavailable
-    device, or a batch larger than the training set (train_size images unless limit_train)."""
+    device, a validation split that leaves nothing to train on, or a batch larger than the training
+    set (train_size images unless limit_train, less the validation split)."""
     resolve_device(cfg.device)
-    size = cfg.limit_train or train_size
+    size = min(cfg.limit_train or train_size, train_size)
+    if cfg.val_split >= size:
+        raise ConfigError(f"val-split {cfg.val_split} leaves no training images of {size}")
+    size -= cfg.val_split
     if cfg.batch_size > size:
         raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set ({size} images)")
 
@@ -175,7 +179,7 @@ class TrainResult:
     model: Net
     epochs_done: int
     stopped: bool
-    best_test_acc: float
+    best_test_acc: float  # the test accuracy of the best epoch: chosen on validation when there is a split
     best_epoch: int
 
 
@@ -215,6 +219,12 @@ def train(
     should_stop = should_stop or (lambda: False)
     device = resolve_device(cfg.device)
     data = data.limit(cfg.limit_train, cfg.limit_test)
+    val_x = val_y = None
+    if cfg.val_split:
+        if cfg.val_split >= len(data.train_x):
+            raise ConfigError(f"val-split {cfg.val_split} leaves no training images of {len(data.train_x)}")
+        data, val_x, val_y = data.hold_out(cfg.val_split)
+        val_x, val_y = val_x.to(device), val_y.to(device)
     if cfg.handwriting:
         data = with_handwriting(data, cfg.handwriting, cfg.handwriting_repeat)
     if cfg.batch_size > len(data.train_x):
@@ -236,7 +246,7 @@ def train(
     tested = average.module if average is not None else model
 
     t_start = time.perf_counter()
-    best_acc, best_epoch = -1.0, 0
+    best_acc, best_epoch, best_test_acc = -1.0, 0, 0.0  # best_acc: on validation when there is a split
     first, last = cfg.start_epoch + 1, cfg.start_epoch + cfg.epochs  # a resumed run continues the numbering
     step = cfg.start_epoch * batches
     for epoch in range(first, last + 1):
@@ -247,24 +257,27 @@ def train(
             callback(record)
             if checkpoint:
                 checkpoint(tested, record, False)
-            return TrainResult(tested, epoch - first, True, max(best_acc, 0.0), best_epoch)
+            return TrainResult(tested, epoch - first, True, best_test_acc, best_epoch)
         lr = opt.param_groups[0]["lr"]  # the rate of this epoch's last step
         train_seconds = time.perf_counter() - t0
         test = evaluate(tested, data.test_x, data.test_y, cfg.eval_batch_size)
-        schedule.after_epoch(test.loss)
+        val = evaluate(tested, val_x, val_y, cfg.eval_batch_size) if val_x is not None else None
+        chooser = val or test  # best.pt is chosen on validation when there is a split, else on test
+        schedule.after_epoch(chooser.loss)
         record = {
             "kind": "epoch", "epoch": epoch, "epochs": last, **trained,
             "test_loss": test.loss, "test_acc": test.acc, "test_correct": test.correct, "test_total": len(data.test_x),
+            **({"val_loss": val.loss, "val_acc": val.acc, "val_total": len(val_x)} if val else {}),
             "lr": lr, "seconds": time.perf_counter() - t0, "elapsed": time.perf_counter() - t_start,
             "images_per_s": n / train_seconds,
         }
-        is_best = test.acc > best_acc
+        is_best = chooser.acc > best_acc
         if is_best:
-            best_acc, best_epoch = test.acc, epoch
+            best_acc, best_epoch, best_test_acc = chooser.acc, epoch, test.acc
         callback(record)
         if checkpoint:
             checkpoint(tested, record, is_best)
-    return TrainResult(tested, cfg.epochs, False, best_acc, best_epoch)
+    return TrainResult(tested, cfg.epochs, False, best_test_acc, best_epoch)
 
 
 def training_step(model: Net, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
