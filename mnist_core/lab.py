@@ -14,14 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from mnist_core import export, jobs, spec
+from mnist_core import goal as goalmod
 from mnist_core.card import plural
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, Preset, TrainConfig, asdict, train_config_from_dict
-from mnist_core.files import atomic_write_json, describe_os_error, read_json
+from mnist_core.files import atomic_write_json, atomic_write_text, describe_os_error, read_json
+from mnist_core.goal import Goal, GroupVerdict, Verdict, judge, judge_group
 from mnist_core.runner import card_markdown
-from mnist_core.runs import NAME_RE, Run, RunError, list_runs, new_run_name
+from mnist_core.runs import NAME_RE, Run, RunError, check_run_name, list_runs, new_run_name
 
 DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
 DEFAULT_PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+MAX_SEEDS = 20
 
 
 def runs_dir() -> Path:
@@ -101,19 +104,155 @@ def status(run: Run) -> dict:
     return jobs.status(run)
 
 
-def summary(run: Run) -> dict:
-    """The run's row for the runs table, with its status as jobs.status reads it."""
-    return run.summary(jobs.status(run))
+def summary(run: Run, judged_by: Goal | None = None) -> dict:
+    """The run's row for the runs table, with its status as jobs.status reads it and its verdict
+    against the goal (the saved one unless given)."""
+    return run.summary(jobs.status(run), judged_by or goal())
 
 
 def card_text(run: Run) -> str | None:
-    """The run's card; for a run whose process died without its final status, the card is made
-    afresh with the status it reads as (the card.md on disk still says running)."""
-    text = run.card_text()
-    current = jobs.status(run)
-    if text is None or current.get("status") == run.status.get("status"):
-        return text
-    return card_markdown(run, current.get("status"))
+    """The run's card, made afresh from its files: the status as jobs.status reads it (a run whose
+    process died reads as failed, though card.md still says running), the goal as it is now, the
+    notes as they are now. None for a directory without a config."""
+    if not run.config:
+        return run.card_text()
+    return card_markdown(run, jobs.status(run).get("status"))
+
+
+# -- the goal, groups of seeds, notes ------------------------------------------------------------
+
+
+def goal() -> Goal:
+    """The goal runs are judged by: the one saved in the runs folder, else the assignment's."""
+    return goalmod.load(runs_dir())
+
+
+def set_goal(new: Goal) -> None:
+    goalmod.save(runs_dir(), new)
+
+
+def verdict(run: Run, judged_by: Goal | None = None) -> Verdict:
+    cfg = run.config
+    params = cfg.get("params") if isinstance(cfg.get("params"), int) else None
+    before = cfg.get("train", {}).get("start_epoch")
+    return judge(judged_by or goal(), run.epochs(), params, before if isinstance(before, int) else 0)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1,2,3' -> [1, 2, 3]; ConfigError for anything but distinct whole numbers from 0, 2 to 20 of them."""
+    try:
+        seeds = [int(p) for p in str(text).replace(" ", "").split(",") if p != ""]
+    except ValueError:
+        raise ConfigError(f"seeds must be whole numbers separated by commas, e.g. 1,2,3; got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct and not negative, got {text!r}")
+    if not 1 <= len(seeds) <= MAX_SEEDS:
+        raise ConfigError(f"give 1 to {MAX_SEEDS} seeds, got {len(seeds)}")
+    return seeds
+
+
+def seed_runs(model: ModelConfig, recipe: TrainConfig, seeds: list[int], group: str | None = None,
+              target: str | None = None) -> list[dict]:
+    """jobs.start_queue's specs for a group: one run per seed, all else equal, named <group>-seed<N>."""
+    group = check_run_name(group) if group else new_run_name(runs_dir(), "seeds")
+    if any(r.config.get("group") == group for r in all_runs()):
+        raise RunError(f"group {group!r} already exists: choose another name")
+    about = f"seeds {','.join(map(str, seeds))}, all else equal"
+    return [dict(model_cfg=model, train_cfg=replace(recipe, seed=s), name=check_run_name(f"{group}-seed{s}"),
+                 group=group, target=f"{target}; {about}" if target else f"Group {group}: {about}")
+            for s in seeds]
+
+
+def start_seeds(model: ModelConfig, recipe: TrainConfig, seeds: list[int], group: str | None = None,
+                target: str | None = None) -> list[Run]:
+    """A group of runs of one model and recipe that differ only in the seed, trained one after the other."""
+    return jobs.start_queue(runs_dir(), seed_runs(model, recipe, seeds, group, target))
+
+
+def groups() -> dict[str, list[Run]]:
+    """Every group of seeds, newest first, each with its runs in seed order."""
+    out: dict[str, list[Run]] = {}
+    for run in all_runs():
+        if isinstance(name := run.config.get("group"), str) and name:
+            out.setdefault(name, []).append(run)
+    return {g: sorted(rs, key=lambda r: (str(r.config.get("train", {}).get("seed")), r.name)) for g, rs in out.items()}
+
+
+def group_verdict(runs: list[Run], judged_by: Goal | None = None) -> GroupVerdict:
+    g = judged_by or goal()
+    return judge_group([verdict(r, g) for r in runs])
+
+
+def group_card(name: str, runs: list[Run], judged_by: Goal | None = None) -> str:
+    """The group's card: what it trained, the verdict over its seeds, then each seed's line."""
+    g = judged_by or goal()
+    rows = [(r, verdict(r, g), jobs.status(r).get("status", "?")) for r in runs]
+    overall = judge_group([v for _, v, _ in rows])
+    first = runs[0].config if runs else {}
+    lines = [f"# Group {name}", "", "**TARGET:**  ",
+             f"{first.get('target') or ''}  ",
+             f"Model {first.get('params', '?')} params; goal: {g.text()}.", "",
+             "**RESULTS:**  ", f"*verdict:* **{overall.text(g)}**  "]
+    done = [r for r, _, state in rows if state not in ("running", "queued")]
+    if len(done) < len(rows):
+        lines.append(f"*still training:* {len(rows) - len(done)} of {len(rows)} seeds  ")
+    lines += ["", f"| seed | run | final test % | last {g.last} min | verdict | why |", "|---|---|---:|---:|---|---|"]
+
+    def fmt(x):
+        return "–" if x is None else f"{x:.2f}"
+
+    for r, v, state in rows:
+        verdict_word = "…" if state in ("running", "queued") else v.word
+        lines.append(f"| {r.config.get('train', {}).get('seed', '?')} | {r.name} | {fmt(v.final)} | "
+                     f"{fmt(v.last_min)} | {verdict_word} | {v.reason} |")
+    return "\n".join(lines) + "\n"
+
+
+def set_notes(run: Run, notes: str, tags: str | list[str]) -> None:
+    """Keep the run's notes and tags (comma-separated, or a list) in notes.json; the card shows them."""
+    if isinstance(tags, str):
+        tags = [t.strip() for t in tags.split(",")]
+    tags = list(dict.fromkeys(t for t in tags if t))
+    for t in tags:
+        if len(t) > 40 or any(c in t for c in "`|\n"):
+            raise ConfigError(f"tag {t[:40]!r} is not allowed: at most 40 characters, no backquote or bar")
+    if len(notes) > 5000:
+        raise ConfigError(f"notes are {len(notes):,} characters: keep them under 5,000")
+    try:
+        atomic_write_json(run.path / "notes.json", {"notes": notes.strip(), "tags": tags})
+        if jobs.state(run) != "running":  # a training rewrites its card each epoch, notes included
+            atomic_write_text(run.path / "card.md", card_markdown(run, jobs.status(run).get("status")))
+    except OSError as e:
+        raise RunError(f"cannot save the notes of {run.name!r}: {describe_os_error(e)}") from None
+
+
+def rename(run: Run, new_name: str) -> Run:
+    """Give a run a new name: its folder and its config; runs that continue it follow. Refused
+    while it trains or waits in a queue."""
+    check_run_name(new_name)
+    if new_name == run.name:
+        return run
+    if jobs.state(run) in ("running", "queued"):
+        raise RunError(f"run {run.name!r} is training: rename it once it has finished or been stopped")
+    target = run.path.parent / new_name
+    if target.exists():
+        raise RunError(f"a run named {new_name!r} already exists")
+    try:
+        os.rename(run.path, target)
+    except OSError as e:
+        raise RunError(f"cannot rename {run.name!r}: {describe_os_error(e)}") from None
+    renamed = Run(target)
+    if isinstance(d := read_json(target / "config.json"), dict):
+        atomic_write_json(target / "config.json", {**d, "name": new_name})
+    for other in all_runs():  # runs continued from it name it as their parent
+        d = read_json(other.path / "config.json")
+        if isinstance(d, dict) and d.get("parent") == run.name:
+            atomic_write_json(other.path / "config.json", {**d, "parent": new_name})
+    try:
+        atomic_write_text(target / "card.md", card_markdown(renamed, jobs.status(renamed).get("status")))
+    except OSError:
+        pass  # the card is made afresh when it is shown
+    return renamed
 
 
 def active() -> str | None:
@@ -145,15 +284,44 @@ def start_ab_batchnorm(model: ModelConfig, recipe: TrainConfig) -> list[Run]:
     return jobs.start_queue(runs_dir(), specs)
 
 
-def continue_run(run: Run, epochs: int) -> Run:
-    """A new run that trains `run`'s last checkpoint for `epochs` more, its epochs numbered on."""
+CONTINUE_SCHEDULES = {  # how a continued run's rate goes: said on the page and in its card
+    "constant": "the parent's last rate, held",
+    "cosine": "a cosine tail from the parent's last rate down to 0",
+    "restart": "the parent's schedule again from its start (a OneCycle climbs back to its peak)",
+}
+
+
+def epochs_seen(run: Run) -> int:
+    """Epochs the run's last weights have seen, its parents' included."""
+    epochs = run.epochs()
+    if epochs:
+        return int(epochs[-1]["epoch"])
+    before = run.config.get("train", {}).get("start_epoch")
+    return before if isinstance(before, int) else 0
+
+
+def continue_run(run: Run, epochs: int, schedule: str = "constant") -> Run:
+    """A new run that trains `run`'s last checkpoint for `epochs` more, its epochs numbered on, with
+    its rate as `schedule` says (CONTINUE_SCHEDULES): by default the parent's last rate, so that a
+    finished OneCycle or cosine run is not thrown back to its peak."""
+    if schedule not in CONTINUE_SCHEDULES:
+        raise ConfigError(f"schedule {schedule!r} for a continued run is unknown: choose one of "
+                          f"{', '.join(CONTINUE_SCHEDULES)}")
     last = run.path / "last.pt"
     if not last.exists():
         raise RunError(f"run {run.name!r} has no last.pt to continue from")
     model, base = settings_of(run)
-    recipe = replace(for_epochs(base, int(epochs)), init_checkpoint=str(last), start_epoch=len(run.epochs()))
+    done = run.epochs()
+    rate = float(done[-1]["lr"]) if done and isinstance(done[-1].get("lr"), (int, float)) else base.lr
+    if schedule == "restart":
+        recipe, says = for_epochs(base, int(epochs)), f"{base.scheduler} again from lr {base.lr:g}"
+    else:
+        recipe = replace(base, epochs=int(epochs), lr=rate, scheduler="none" if schedule == "constant" else "cosine",
+                         milestones=(), warmup_epochs=0)
+        says = f"{'constant' if schedule == 'constant' else 'cosine to 0'} from lr {rate:.3g}, the parent's last"
+    recipe = replace(recipe, init_checkpoint=str(last), start_epoch=epochs_seen(run))
     return jobs.start(runs_dir(), model, recipe, parent=run.name,
-                      target=f"Continue {run.name} for {plural(int(epochs), 'epoch')}")
+                      target=f"Continue {run.name} for {plural(int(epochs), 'epoch')}; schedule: {says}")
 
 
 def fine_tune(run: Run, handwriting: Path, epochs: int, limit_train: int) -> Run:
@@ -163,7 +331,7 @@ def fine_tune(run: Run, handwriting: Path, epochs: int, limit_train: int) -> Run
     recipe = TrainConfig(
         epochs=int(epochs), batch_size=min(base.batch_size, 128), lr=0.01, momentum=base.momentum,
         scheduler="none", augment=base.augment, seed=base.seed, device=base.device, limit_train=int(limit_train),
-        init_checkpoint=str(run.path / "last.pt"), start_epoch=len(run.epochs()),
+        init_checkpoint=str(run.path / "last.pt"), start_epoch=epochs_seen(run),
         handwriting=str(handwriting), handwriting_repeat=20,
     )
     return jobs.start(runs_dir(), model, recipe, parent=run.name,

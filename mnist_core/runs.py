@@ -57,8 +57,8 @@ def _mapping(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-_COUNTS = ("epoch", "batch", "batches", "step", "test_correct", "test_total", "epochs")  # whole numbers
-_SHARES = ("acc", "train_acc", "test_acc")  # percentages
+_COUNTS = ("epoch", "batch", "batches", "step", "test_correct", "test_total", "epochs", "val_total")  # whole numbers
+_SHARES = ("acc", "train_acc", "test_acc", "val_acc")  # percentages
 _RATES = ("lr", "seconds", "images_per_s", "elapsed")  # finite, not negative
 
 

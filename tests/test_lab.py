@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from mnist_core import jobs, lab
@@ -37,14 +40,53 @@ def test_runs_dir_follows_the_environment(monkeypatch, tmp_path):
     assert lab.runs_dir() == tmp_path
 
 
-def test_continue_keeps_the_recipe_and_numbers_on(started, tmp_path):
-    run = parent_run(tmp_path, epochs=3, lr=0.05, seed=7)
+def epoch_record(epoch: int, test_acc: float = 99.4, lr: float = 0.1) -> str:
+    return json.dumps({"kind": "epoch", "epoch": epoch, "train_loss": 0.05, "train_acc": 99.0, "test_loss": 0.02,
+                       "test_acc": test_acc, "test_correct": round(test_acc * 100), "test_total": 10000, "lr": lr,
+                       "seconds": 1.0, "images_per_s": 1000.0}) + "\n"
+
+
+def finished_epochs(run: Run, n: int, lr: float, start: int = 0) -> None:
+    """n epoch records in run's metrics, the last at rate lr."""
+    with run.open_metrics() as f:
+        for i in range(start + 1, start + n + 1):
+            f.write(epoch_record(i, lr=lr if i == start + n else 0.1))
+
+
+def test_continue_keeps_the_recipe_holds_the_last_rate_and_numbers_on(started, tmp_path):
+    run = parent_run(tmp_path, epochs=3, lr=0.05, seed=7, scheduler="onecycle")
+    finished_epochs(run, 3, lr=0.0004)
     lab.continue_run(run, 1)
     [(d, model, recipe, kw)] = started
     assert d == tmp_path / "runs" and model == ModelConfig()
-    assert (recipe.epochs, recipe.lr, recipe.seed, recipe.start_epoch) == (1, 0.05, 7, 0)
+    # not the OneCycle again from its peak: the rate the parent ended at, held
+    assert (recipe.epochs, recipe.lr, recipe.scheduler, recipe.seed, recipe.start_epoch) == (1, 0.0004, "none", 7, 3)
     assert recipe.init_checkpoint == str(run.path / "last.pt")
-    assert kw == {"parent": "parent", "target": "Continue parent for 1 epoch"}
+    assert kw == {"parent": "parent",
+                  "target": "Continue parent for 1 epoch; schedule: constant from lr 0.0004, the parent's last"}
+    started.clear()
+    lab.continue_run(run, 4, schedule="cosine")
+    [(_, _, recipe, kw)] = started
+    assert (recipe.lr, recipe.scheduler, recipe.epochs) == (0.0004, "cosine", 4)
+    assert kw["target"].endswith("schedule: cosine to 0 from lr 0.0004, the parent's last")
+    started.clear()
+    lab.continue_run(run, 2, schedule="restart")
+    [(_, _, recipe, kw)] = started
+    assert (recipe.lr, recipe.scheduler) == (0.05, "onecycle")
+    assert kw["target"].endswith("schedule: onecycle again from lr 0.05")
+    with pytest.raises(ConfigError, match="unknown"):
+        lab.continue_run(run, 2, schedule="warp")
+
+
+def test_a_continued_continuation_counts_every_epoch_before_it(started, tmp_path):
+    first = parent_run(tmp_path, epochs=15)
+    second = Run.create(tmp_path / "runs", ModelConfig(), TrainConfig(epochs=2, start_epoch=15), name="second",
+                        parent=first.name)
+    save_checkpoint(second.path / "last.pt", build_model(ModelConfig()))
+    finished_epochs(second, 2, lr=0.001, start=15)
+    lab.continue_run(second, 1)
+    [(_, _, recipe, _)] = started
+    assert recipe.start_epoch == 17
 
 
 def test_fine_tune_adds_the_drawings_gently(started, tmp_path):
@@ -136,10 +178,75 @@ def test_your_own_presets_are_saved_listed_used_and_deleted(monkeypatch, tmp_pat
 
 def test_continuing_fits_the_schedule_to_the_new_epochs(started, tmp_path):
     run = parent_run(tmp_path, epochs=12, scheduler="multistep", milestones=(4, 8))
-    lab.continue_run(run, 6)
+    lab.continue_run(run, 6, schedule="restart")
     (_, _, t, _), = started
     assert (t.epochs, t.scheduler, t.milestones) == (6, "multistep", (4,))
     started.clear()
-    lab.continue_run(run, 3)
+    lab.continue_run(run, 3, schedule="restart")
     (_, _, t, _), = started
     assert (t.epochs, t.scheduler, t.milestones) == (3, "none", ())
+
+
+def test_seeds_make_a_group_of_runs_that_differ_only_in_the_seed(started, tmp_path):
+    recipe = TrainConfig(epochs=2, lr=0.05, limit_train=640)
+    lab.start_seeds(ModelConfig(), recipe, [1, 2, 3], group="trio")
+    assert [s["name"] for *_, s in started] == ["trio-seed1", "trio-seed2", "trio-seed3"]
+    assert [t for _, _, t, _ in started] == [replace(recipe, seed=s) for s in (1, 2, 3)]
+    assert {s["group"] for *_, s in started} == {"trio"}
+    with pytest.raises(ConfigError, match="distinct"):
+        lab.parse_seeds("1,1")
+    with pytest.raises(ConfigError, match="whole numbers"):
+        lab.parse_seeds("1,two")
+    with pytest.raises(ConfigError, match="1 to 20 seeds"):
+        lab.parse_seeds("")
+    assert lab.parse_seeds(" 3, 1 ,2") == [3, 1, 2]
+
+
+def test_a_groups_verdict_and_card_count_the_seeds_that_hold_the_goal(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path / "runs"))
+    model = ModelConfig.parse("conv8 bn relu maxpool conv16 bn relu gap conv10k1")
+    for seed, tail in ((1, (99.5, 99.45, 99.42)), (2, (99.5, 99.38, 99.5)), (3, (99.41, 99.44, 99.46))):
+        run = Run.create(tmp_path / "runs", model, TrainConfig(epochs=3, seed=seed), name=f"g-seed{seed}", group="g")
+        with run.open_metrics() as f:
+            for i, acc in enumerate(tail, 1):
+                f.write(epoch_record(i, acc))
+        run.set_status("finished")
+    Run.create(tmp_path / "runs", model, TrainConfig(epochs=3), name="alone")
+    groups = lab.groups()
+    assert list(groups) == ["g"] and [r.name for r in groups["g"]] == ["g-seed1", "g-seed2", "g-seed3"]
+    verdict = lab.group_verdict(groups["g"])
+    assert verdict.text(lab.goal()) == "holds 99.4% in the last 3 epochs on 2 of 3 seeds (mean 99.40, min 99.38)"
+    card = lab.group_card("g", groups["g"])
+    assert "*verdict:* **holds 99.4% in the last 3 epochs on 2 of 3 seeds (mean 99.40, min 99.38)**" in card
+    assert "| 2 | g-seed2 | 99.50 | 99.38 | misses | epoch 2 at 99.38% |" in card
+    assert lab.summary(groups["g"][0])["group"] == "g"
+    # a stricter goal, saved: every verdict follows it
+    lab.set_goal(lab.Goal(accuracy=99.45))
+    assert lab.group_verdict(groups["g"]).held == 0
+    assert lab.summary(groups["g"][2])["why"] == "epoch 1 at 99.41%"
+
+
+def test_notes_tags_and_a_new_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path / "runs"))
+    run = parent_run(tmp_path)
+    child = Run.create(tmp_path / "runs", ModelConfig(), TrainConfig(epochs=1), name="child", parent="parent")
+    lab.set_notes(run, "  first try with padding  ", "padding, baseline, padding,")
+    assert run.notes == {"notes": "first try with padding", "tags": ["padding", "baseline"]}
+    assert "*tags:* `padding`, `baseline`" in lab.card_text(run)
+    assert "first try with padding" in (run.path / "card.md").read_text()
+    assert lab.summary(run)["tags"] == "padding, baseline"
+    with pytest.raises(ConfigError, match="tag"):
+        lab.set_notes(run, "", "a|b")
+
+    renamed = lab.rename(run, "baseline-1")
+    assert not run.path.exists() and renamed.name == "baseline-1"
+    assert renamed.config["name"] == "baseline-1" and renamed.notes["tags"] == ["padding", "baseline"]
+    assert child.config["parent"] == "baseline-1"
+    with pytest.raises(RunError, match="already exists"):
+        lab.rename(renamed, "child")
+    with pytest.raises(RunError, match="not allowed"):
+        lab.rename(renamed, "../out")
+    renamed.set_status("running", pid=os.getpid())
+    monkeypatch.setattr(jobs, "pid_alive", lambda pid: True)  # as if its training process were alive
+    with pytest.raises(RunError, match="is training"):
+        lab.rename(renamed, "other")
