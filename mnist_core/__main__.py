@@ -22,7 +22,8 @@ from mnist_core.files import UnreadableFile, describe_os_error, read_bytes, read
 from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
-from mnist_core.lab import preset as lab_preset, runs_dir
+from mnist_core.goal import GoalError
+from mnist_core.lab import goal, group_verdict, parse_seeds, preset as lab_preset, runs_dir, seed_runs, verdict
 from mnist_core.lrfind import check_range, range_test
 from mnist_core.runs import check_run_name, Run, RunError
 from mnist_core.train import check_can_train
@@ -41,14 +42,11 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_seeds(text: str) -> list[int]:
+def cli_seeds(text: str) -> list[int]:
     try:
-        seeds = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be whole numbers separated by commas, got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct and not negative, got {text!r}")
-    return seeds
+        return parse_seeds(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -70,7 +68,7 @@ def parse_milestones(text: str) -> tuple[int, ...]:
 RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
                   "step_size", "gamma", "milestones", "warmup_pct", "final_div", "warmup_epochs", "patience",
                   "label_smoothing", "clip_grad", "rotate", "translate", "scale", "shear", "erase", "augment", "seed",
-                  "device", "precision", "ema")
+                  "device", "precision", "ema", "val_split")
 
 
 def parse_limit(text: str) -> int | None:
@@ -148,6 +146,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="test and save a moving average of the weights with this decay per step (0 = off)")
     p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")
     p.add_argument("--limit-test", type=parse_limit, default=KEEP, help="test on the first N images only ('all': every one)")
+    p.add_argument("--val-split", type=int, metavar="N", help="hold out N training images (a fixed choice) and "
+                   "choose best.pt on them, not on the test set (0 = off)")
 
 
 def build_parser() -> Parser:
@@ -166,6 +166,11 @@ def build_parser() -> Parser:
     p.add_argument("--then", type=Path, action="append", default=[], metavar="DIR",
                    help="with --from-run: another prepared run directory to train afterwards (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seeds", type=cli_seeds, metavar="S1,S2,...",
+                   help="train a group: one run per seed, all else equal, one after the other; prints the group's "
+                        "verdict against the goal")
+    p.add_argument("--group", help="with --seeds: the group's name (default seeds-<date>-<time>); its runs are "
+                                   "<group>-seed<S>")
 
     p = sub.add_parser("lr-find", help="the learning-rate range test: a short training at rising rates, "
                                        "the loss against the rate, a suggested peak rate; writes no run")
@@ -188,7 +193,7 @@ def build_parser() -> Parser:
                    help=f"train PRESET ({', '.join(PRESETS)}) once per seed and report its last three epochs' "
                         "test accuracy and its time to --goal")
     p.add_argument("--arch", metavar="FILE_OR_TEXT", help="with --accuracy: train this layer list on the preset's recipe")
-    p.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3], help="with --accuracy: comma-separated (default 1,2,3)")
+    p.add_argument("--seeds", type=cli_seeds, default=[1, 2, 3], help="with --accuracy: comma-separated (default 1,2,3)")
     p.add_argument("--goal", type=float, default=99.4, help="with --accuracy: test accuracy in %% (default 99.4)")
     return parser
 
@@ -220,9 +225,41 @@ def cmd_train(args) -> int:
         return train_prepared(args)
     if args.then:
         raise UserError("--then needs --from-run")
+    if args.seeds is not None:
+        return train_seeds(args)
+    if args.group is not None:
+        raise UserError("--group names a group of --seeds")
     run, data = new_run(args)
     train_one(run, data, args.quiet)
     print(run.path)
+    return 0
+
+
+def train_seeds(args) -> int:
+    """A group: one run per seed, trained one after the other in this process, then the verdict."""
+    if args.run_dir is not None or args.name is not None or args.seed is not None:
+        raise UserError("--seeds makes its own runs, <group>-seed<S>: it does not go with --run-dir, --name or --seed")
+    preset, model_cfg, train_cfg = settings_from_args(args)
+    check_can_train(train_cfg)
+    specs = seed_runs(model_cfg, train_cfg, args.seeds, args.group, args.target)  # names checked: nothing written yet
+    data = load_mnist()
+    runs = [Run.create(runs_dir(), s["model_cfg"], s["train_cfg"], name=s["name"], preset=args.preset,
+                       target=s["target"], group=s["group"]) for s in specs]
+    group = specs[0]["group"]
+    print(f"group {group}: {len(runs)} runs, seeds {','.join(map(str, args.seeds))}", flush=True)
+    for i, run in enumerate(runs):
+        result = train_one(run, data, args.quiet)
+        if result.stopped:
+            for later in runs[i + 1 :]:
+                later.set_status("stopped", reason=f"not started: {run.name}, the run before it, was stopped")
+            break
+    judged_by = goal()
+    print(f"\ngroup {group}, goal: {judged_by.text()}")
+    for run in runs:
+        v = verdict(run, judged_by)
+        last = "–" if v.last_min is None else f"{v.last_min:.2f}"
+        print(f"  seed {run.train_config().seed}: {run.name}  last {judged_by.last} min {last}  {v.text()}")
+    print(group_verdict(runs, judged_by).text(judged_by), flush=True)
     return 0
 
 
@@ -301,6 +338,7 @@ def train_one(run, data, quiet: bool):
     printer.close()
     state = "stopped" if result.stopped else "finished"
     print(f"{state}: best test accuracy {result.best_test_acc:.2f}% (epoch {result.best_epoch})", flush=True)
+    print(f"goal ({goal().text()}): {verdict(run).text()}", flush=True)
     return result
 
 
@@ -409,7 +447,7 @@ def main(argv=None) -> int:
         commands = {"summary": cmd_summary, "train": cmd_train, "lr-find": cmd_lr_find, "predict": cmd_predict,
                     "bench": cmd_bench}
         return commands[args.command](args)
-    except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError) as e:
+    except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError, GoalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, permissions, ...: still one line

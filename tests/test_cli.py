@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,14 @@ def test_summary_prints_reference_total(capsys):
         (["train", "--rotate", "-5"], "rotate is -5"),
         (["lr-find", "--steps", "5"], "between 10 and 5000 steps"),
         (["lr-find", "--start", "1", "--end", "0.1"], "0 < start < end"),
+        (["train", "--seeds", "1,1"], "seeds must be distinct"),
+        (["train", "--seeds", "1,x"], "seeds must be whole numbers"),
+        (["train", "--seeds", "1,2", "--seed", "3"], "does not go with --run-dir, --name or --seed"),
+        (["train", "--seeds", "1,2", "--group", "../up"], "run name"),
+        (["train", "--group", "g"], "--group names a group of --seeds"),
+        (["train", "--val-split", "-1"], "val-split is -1"),
+        (["train", "--val-split", "640", "--limit-train", "640"], "val-split 640 leaves no training images"),
+        (["train", "--val-split", "600", "--limit-train", "640", "--batch-size", "64"], "larger than the training set"),
     ],
 )
 def test_every_error_path_is_one_line_exit_2(capsys, args, needle):
@@ -275,3 +284,49 @@ def test_lr_find_prints_a_suggestion_and_writes_no_run(capsys, tmp_path, monkeyp
     assert code == 0, err
     assert "suggested peak rate: " in out and "falls fastest" in out
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.process  # loads MNIST
+def test_seeds_train_a_group_and_print_its_verdict(capsys, tmp_path, monkeypatch):
+    """A group of 3 seeds on a tiny subset: 3 runs that differ only in the seed, and the verdict
+    line over them; a goal the tiny runs can hold makes it count them."""
+    import json
+
+    from mnist_core import goal, lab
+
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path / "runs"))
+    goal.save(tmp_path / "runs", goal.Goal(accuracy=10.0, last=1, max_epochs=15, max_params=10_000))
+    code, out, err = run_cli(capsys, "train", "--preset", "quick", "--seeds", "1,2,3", "--group", "tiny", "--epochs",
+                             "1", "--limit-train", "640", "--limit-test", "200", "--quiet")
+    assert code == 0, err
+    configs = [json.loads((tmp_path / "runs" / f"tiny-seed{s}" / "config.json").read_text()) for s in (1, 2, 3)]
+    assert [c["train"]["seed"] for c in configs] == [1, 2, 3] and {c["group"] for c in configs} == {"tiny"}
+    assert all({**c["train"], "seed": 0} == {**configs[0]["train"], "seed": 0} for c in configs)
+    assert all(c["model"] == configs[0]["model"] for c in configs)
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"holds 10% in the last 1 epochs on [0-3] of 3 seeds \(mean \d+\.\d\d, min \d+\.\d\d\)", last)
+    held = int(last.split(" on ")[1].split()[0])
+    assert held == sum(lab.verdict(r).meets for r in lab.groups()["tiny"])
+    assert f"on {held} of 3 seeds" in lab.group_card("tiny", lab.groups()["tiny"])
+
+
+@pytest.mark.process  # loads MNIST
+def test_a_validation_split_chooses_best_pt_on_validation(capsys, tmp_path, monkeypatch):
+    """best.pt is the epoch of the best validation accuracy, wherever the test accuracy peaks; every
+    epoch still reports its test accuracy."""
+    import json
+
+    from mnist_core.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "val"
+    code, _, err = run_cli(capsys, "train", "--preset", "quick", "--epochs", "4", "--limit-train", "1500",
+                           "--limit-test", "300", "--val-split", "500", "--lr", "0.3", "--run-dir", str(run_dir),
+                           "--quiet")
+    assert code == 0, err
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"kind": "epoch"' in line]
+    assert all(e["val_total"] == 500 and "test_acc" in e for e in epochs)
+    by_val = max(epochs, key=lambda e: e["val_acc"])  # the first of equals, as training keeps it
+    _, meta = load_checkpoint(run_dir / "best.pt")
+    assert meta["epoch"] == by_val["epoch"]
+    assert "chosen on validation (500 held-out training images" in (run_dir / "card.md").read_text()

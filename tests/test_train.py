@@ -292,3 +292,44 @@ def test_ema_tests_and_saves_the_averaged_weights_of_the_same_training(mnist):
     assert not torch.equal(live["1.running_mean"], averaged["1.running_mean"])
     assert ema_result.model.config == ModelConfig()
     assert "weight average (EMA) 0.998" in target_text({"model": {"widths": [1] * 6}, "train": {"ema": 0.998}})
+
+
+def test_validation_chooses_the_best_epoch_where_test_peaks_elsewhere(mnist, monkeypatch):
+    """With a validation split, best.pt follows the validation accuracy: here the test accuracy
+    peaks at epoch 2 and the validation accuracy at epoch 3 (scores scripted per split)."""
+    import mnist_core.train as train_module
+
+    class Scripted(train_module.Scores):
+        scripted_acc = 0.0
+
+        @property
+        def acc(self) -> float:
+            return self.scripted_acc
+
+    script = {"test": iter([90.0, 95.0, 93.0]), "val": iter([80.0, 82.0, 88.0])}
+    real = train_module.evaluate
+
+    def scripted(model, x, y=None, batch_size=2000):
+        scores = Scripted(real(model, x, y, batch_size).logits, y)
+        scores.scripted_acc = next(script["val" if len(x) == 300 else "test"])
+        return scores
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    seen, best = [], []
+    result = train(ModelConfig.parse("conv4 relu maxpool conv8 relu gap conv10k1"),
+                   small(epochs=3, limit_train=900, limit_test=200, val_split=300), mnist, callback=seen.append,
+                   checkpoint=lambda model, record, is_best: best.append(record["epoch"]) if is_best else None)
+    epochs = [r for r in seen if r["kind"] == "epoch"]
+    assert [r["test_acc"] for r in epochs] == [90.0, 95.0, 93.0] and [r["val_acc"] for r in epochs] == [80.0, 82.0, 88.0]
+    assert best == [1, 2, 3]  # each beat the validation best before it
+    assert result.best_epoch == 3 and result.best_test_acc == 93.0
+    assert all(r["val_total"] == 300 for r in epochs)
+
+
+def test_the_validation_split_is_a_fixed_choice_left_out_of_training(mnist):
+    small_set = mnist.limit(2000, 100)
+    rest, vx, vy = small_set.hold_out(500)
+    again, vx2, _ = small_set.hold_out(500)
+    assert len(rest.train_x) == 1500 and len(vx) == 500 and torch.equal(vx, vx2)
+    flat = {bytes(x.flatten().tolist()) for x in rest.train_x}
+    assert not any(bytes(x.flatten().tolist()) in flat for x in vx[:50])
