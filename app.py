@@ -23,6 +23,9 @@ with st.sidebar:
     )
     from views.common import active_run_name
 
+    from mnist_core import lab
+
+    st.caption(f"Goal: **{lab.goal().text()}** (set it on Home).")
     name = active_run_name()
     if name:
         st.info(f"Training **{name}** in the background.", icon="⏳")

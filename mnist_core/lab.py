@@ -9,6 +9,7 @@ Errors a user can cause are ConfigError, RunError or jobs.Busy, each one line.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -176,6 +177,14 @@ def groups() -> dict[str, list[Run]]:
         if isinstance(name := run.config.get("group"), str) and name:
             out.setdefault(name, []).append(run)
     return {g: sorted(rs, key=lambda r: (str(r.config.get("train", {}).get("seed")), r.name)) for g, rs in out.items()}
+
+
+def group_runs(group: str) -> list[Run]:
+    """The runs of one group, in seed order: only the folders named <group>-seed*, so a live page
+    that polls it does not read every run's config."""
+    found = [Run(p) for p in runs_dir().glob(f"{glob.escape(group)}-seed*") if p.is_dir()]
+    found = [r for r in found if r.config.get("group") == group]
+    return sorted(found, key=lambda r: (str(r.config.get("train", {}).get("seed")), r.name))
 
 
 def group_verdict(runs: list[Run], judged_by: Goal | None = None) -> GroupVerdict:

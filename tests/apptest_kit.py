@@ -1,5 +1,6 @@
 """Helpers shared by the tests: AppTest pages and buttons, tiny trained runs, free ports."""
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -34,6 +35,24 @@ def finished_tiny_run(folder: Path, mnist, **settings) -> Path:
     train_run(run, mnist)
     assert run.status["status"] == "finished"
     return run.path
+
+
+def epoch_record(epoch: int, test_acc: float = 99.4, lr: float = 0.1) -> str:
+    """One metrics.jsonl line: an epoch as training writes it, at this test accuracy."""
+    return json.dumps({"kind": "epoch", "epoch": epoch, "train_loss": 0.05, "train_acc": 99.0, "test_loss": 0.02,
+                       "test_acc": test_acc, "test_correct": round(test_acc * 100), "test_total": 10000, "lr": lr,
+                       "seconds": 1.0, "images_per_s": 1000.0}) + "\n"
+
+
+def made_run(folder: Path, name: str, accuracies, model: ModelConfig | None = None, **meta) -> Run:
+    """A finished run whose epochs reached these test accuracies, written by hand (no training)."""
+    run = Run.create(folder, model or ModelConfig(), TrainConfig(epochs=len(accuracies), seed=meta.pop("seed", 1)),
+                     name=name, **meta)
+    with run.open_metrics() as f:
+        for i, acc in enumerate(accuracies, 1):
+            f.write(epoch_record(i, acc))
+    run.set_status("finished")
+    return run
 
 
 def button(at: AppTest, label: str):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
+from apptest_kit import epoch_record
 
 from mnist_core import jobs, lab
 from mnist_core.checkpoint import save_checkpoint
@@ -38,12 +38,6 @@ def test_runs_dir_follows_the_environment(monkeypatch, tmp_path):
     assert lab.runs_dir() == lab.DEFAULT_RUNS_DIR
     monkeypatch.setenv("MNIST_LAB_RUNS", str(tmp_path))
     assert lab.runs_dir() == tmp_path
-
-
-def epoch_record(epoch: int, test_acc: float = 99.4, lr: float = 0.1) -> str:
-    return json.dumps({"kind": "epoch", "epoch": epoch, "train_loss": 0.05, "train_acc": 99.0, "test_loss": 0.02,
-                       "test_acc": test_acc, "test_correct": round(test_acc * 100), "test_total": 10000, "lr": lr,
-                       "seconds": 1.0, "images_per_s": 1000.0}) + "\n"
 
 
 def finished_epochs(run: Run, n: int, lr: float, start: int = 0) -> None:

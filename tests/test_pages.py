@@ -313,8 +313,11 @@ def test_runs_lists_the_run_shows_its_card_and_deletes_after_confirmation(app, r
     df = app.dataframe[0].value
     assert df["name"].tolist() == ["tiny"]
     row = df.iloc[0]
-    assert row["status"] == "finished" and row["epochs"] == "1/1" and row["params"] == 9596
-    assert row["test %"] == f"{Run(runs_dir / 'tiny').summary()['best test acc']:.2f}"
+    summary = Run(runs_dir / "tiny").summary()
+    assert row["status"] == "finished" and row["epochs"] == 1 and row["params"] == 9596
+    assert row["final test %"] == summary["final test acc"] and row["best test %"] == summary["best test acc"]
+    assert row["goal"] == "misses" and row["why"] == "9,596 parameters (the budget is under 8,000)"
+    assert row["last 3 min"] != row["last 3 min"]  # NaN: one epoch is too few to judge
     card = (finished_run.path / "card.md").read_text()
     assert card.strip() in [m.strip() for m in texts(app.markdown)]
     assert "**RESULTS:**" in card
@@ -335,8 +338,89 @@ def test_runs_lists_the_run_shows_its_card_and_deletes_after_confirmation(app, r
     assert any("No run yet" in i for i in texts(app.info))
 
 
-def test_runs_table_writes_a_dash_for_a_run_with_no_epoch(app, runs_dir):
+def test_runs_table_leaves_the_accuracies_empty_for_a_run_with_no_epoch(app, runs_dir):
     Run.create(runs_dir, ModelConfig(), TrainConfig(epochs=3), name="waiting")
     page(app, "views/runs.py")
-    row = app.dataframe[0].value.iloc[0]
-    assert row["name"] == "waiting" and row["test %"] == "–" and row["train %"] == "–"
+    df = app.dataframe[0].value
+    row = df.iloc[0]
+    assert row["name"] == "waiting" and row["goal"] == "misses"
+    for col in ("final test %", "best test %", "last 3 min"):  # numbers, so a click on the header sorts them
+        assert df[col].dtype.kind == "f" and row[col] != row[col]
+
+
+# -- the goal ----------------------------------------------------------------------------------
+
+SMALL = ModelConfig.parse("conv8 bn relu maxpool conv16 bn relu gap conv10k1")
+
+
+def test_home_saves_the_goal_and_the_runs_page_judges_by_it(app, runs_dir):
+    from apptest_kit import made_run
+
+    from mnist_core import goal
+
+    made_run(runs_dir, "steady", (99.1, 99.45, 99.42, 99.41), SMALL)
+    made_run(runs_dir, "wobbly", (99.38, 99.5, 99.5, 99.5), SMALL)
+    made_run(runs_dir, "big", (99.6, 99.6, 99.6))  # the reference: over the 8,000 budget
+    page(app, "views/runs.py")
+    table = app.dataframe[0].value.set_index("name")
+    assert table.loc["steady", "goal"] == "meets" and table.loc["steady", "last 3 min"] == 99.41
+    assert table.loc["wobbly", "goal"] == "meets"  # its 99.38 is not in the last 3
+    assert (table.loc["big", "goal"], table.loc["big", "why"]) == ("misses", "9,596 parameters (the budget is under 8,000)")
+    app.checkbox(key="runs_budget").check().run()
+    assert set(app.dataframe[0].value["name"]) == {"steady", "wobbly"}
+
+    page(app, "views/home.py")
+    app.number_input[0].set_value(99.42)
+    app.number_input[1].set_value(2)
+    button(app, "Save the goal").click().run()
+    assert not app.exception and goal.load(runs_dir) == goal.Goal(accuracy=99.42, last=2)
+    assert any("99.42% in each of the last 2 epochs" in m for m in texts(app.markdown))
+
+    page(app, "views/runs.py")
+    table = app.dataframe[0].value.set_index("name")
+    assert (table.loc["steady", "goal"], table.loc["steady", "why"]) == ("misses", "epoch 4 at 99.41%")
+    assert table.loc["wobbly", "goal"] == "meets"
+    app.checkbox(key="runs_meets").check().run()
+    assert app.dataframe[0].value["name"].tolist() == ["wobbly"]
+
+    page(app, "views/home.py")
+    button(app, "Back to the assignment's (99.4%, last 3, 15 epochs, under 8,000)").click().run()
+    assert goal.load(runs_dir) == goal.Goal()
+
+
+def test_runs_lists_groups_with_their_verdict_chart_and_card(app, runs_dir):
+    from apptest_kit import made_run
+
+    for seed, accs in ((1, (99.2, 99.45, 99.42, 99.44)), (2, (99.3, 99.5, 99.36, 99.5)), (3, (99.1, 99.41, 99.43, 99.47))):
+        made_run(runs_dir, f"trio-seed{seed}", accs, SMALL, seed=seed, group="trio")
+    page(app, "views/runs.py")
+    groups = app.dataframe[0].value
+    assert groups["group"].tolist() == ["trio"]
+    assert groups["verdict"][0] == "holds 99.4% in the last 3 epochs on 2 of 3 seeds (mean 99.40, min 99.36)"
+    assert "group_chart" in chart_keys(app)
+    card = next(m for m in texts(app.markdown) if m.startswith("# Group trio"))
+    assert "| 2 | trio-seed2 | 99.50 | 99.36 | misses | epoch 3 at 99.36% |" in card
+    runs_table = app.dataframe[1].value
+    assert set(runs_table["group"]) == {"trio"} and len(runs_table) == 3
+
+
+def test_notes_tags_and_rename_on_the_runs_page(app, runs_dir):
+    from apptest_kit import made_run
+
+    made_run(runs_dir, "first", (99.0, 99.2, 99.3), SMALL)
+    page(app, "views/runs.py")
+    app.text_area(key="notes_first").set_value("padding helped")
+    app.text_input(key="tags_first").set_value("padded, try-1")
+    app.button(key="notes_save_first").click().run()
+    assert not app.exception
+    assert app.dataframe[0].value["tags"].tolist() == ["padded, try-1"]
+    assert any("padding helped" in m and "`padded`" in m for m in texts(app.markdown))  # in the card
+    app.text_input(key="rename_first").set_value("padded-1").run()  # Enter: the button wakes up
+    app.button(key="rename_go_first").click().run()
+    assert not app.exception
+    assert app.dataframe[0].value["name"].tolist() == ["padded-1"]
+    assert app.selectbox(key="runs_one").value == "padded-1"
+    assert any("Renamed first to padded-1." in s for s in texts(app.success))
+    app.text_input(key="tags_padded-1").set_value("a|b")
+    app.button(key="notes_save_padded-1").click().run()
+    assert any("tag 'a|b' is not allowed" in e for e in texts(app.error))

@@ -199,7 +199,8 @@ def test_execute_writes_a_complete_run(mnist, runs_dir):
     assert run.status["status"] == "finished"
     assert [e["epoch"] for e in run.epochs()] == [1, 2]
     card = (run.path / "card.md").read_text()
-    for part in ("**TARGET:**", "**RESULTS:**", "*#params:* 9596", "*best test acc:*", "**ANALYSIS:**", "Total params: 9,596"):
+    for part in ("**TARGET:**", "**RESULTS:**", "*#params:* 9596", "*final test acc:*", "*last 3 min:*", "*goal:* **misses**",
+                 "**ANALYSIS:**", "Total params: 9,596"):
         assert part in card
     model, meta = load_checkpoint(run.path / "best.pt")
     assert meta["run"] == "tiny"

@@ -15,6 +15,7 @@ from mnist_core import lab
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
 from mnist_core.files import UnreadableFile
+from mnist_core.goal import Goal
 from mnist_core.runs import Run, list_runs
 
 
@@ -161,8 +162,30 @@ def try_load(path: Path):
 COLORS = ["#2f6fdf", "#e4572e", "#29a35a", "#9b59b6", "#f2a93b", "#17becf", "#8c564b", "#e377c2"]
 
 
-def curves_figure(series: dict[str, list[dict]], what: str) -> go.Figure:
-    """Per-epoch curves of several runs: what = 'loss' or 'acc'; train dashed, test solid."""
+def whole_range_toggle(key: str) -> bool:
+    """The accuracy charts zoom to the band around the goal; this toggle shows the whole range."""
+    return st.toggle("Whole accuracy range", key=key,
+                     help=f"Off: the accuracy charts show the band around the goal ({lab.goal().accuracy:g}%), "
+                          "where runs differ; on: every value, from the first epoch's.")
+
+
+def accuracy_axis(fig: go.Figure, goal: Goal, values: list[float], whole: bool) -> None:
+    """The goal as a dotted line, and the y axis zoomed to the band that matters unless `whole`."""
+    fig.add_hline(y=goal.accuracy, line=dict(color="#c0392b", dash="dot", width=1.5),
+                  annotation_text=f"goal {goal.accuracy:g}%", annotation_position="bottom right",
+                  annotation_font=dict(color="#c0392b", size=11))
+    if not whole:
+        top = min(100.0, max([goal.accuracy + 0.5, *[v + 0.15 for v in values]]))
+        fig.update_yaxes(range=[goal.accuracy - 1.0, top])
+        if any(v < goal.accuracy - 1.0 for v in values):
+            fig.add_annotation(text="zoomed to the goal's band: earlier epochs lie below", showarrow=False,
+                               xref="paper", yref="paper", x=0, y=0, xanchor="left", yanchor="bottom",
+                               font=dict(size=10, color="#666"))
+
+
+def curves_figure(series: dict[str, list[dict]], what: str, whole: bool = False) -> go.Figure:
+    """Per-epoch curves of several runs: what = 'loss' or 'acc'; train dashed, test solid. The
+    accuracy chart draws the goal and zooms to its band unless `whole`."""
     fig = go.Figure()
     for i, (name, epochs) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
@@ -177,9 +200,37 @@ def curves_figure(series: dict[str, list[dict]], what: str) -> go.Figure:
         xaxis_title="epoch", yaxis_title="loss" if what == "loss" else "accuracy %",
         height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25),
     )
+    if what == "acc":
+        accuracy_axis(fig, lab.goal(), [e[f"{s}_acc"] for es in series.values() for e in es for s in ("train", "test")],
+                      whole)
     longest = max((len(e) for e in series.values()), default=0)
     if longest <= 20:
         fig.update_xaxes(dtick=1)  # whole epochs only
+    return fig
+
+
+def group_figure(series: dict[str, list[dict]], goal: Goal, whole: bool = False) -> go.Figure:
+    """A group's seeds: each seed's test accuracy thin, their mean bold, the spread (lowest to
+    highest seed) shaded, the goal dotted."""
+    fig = go.Figure()
+    by_epoch: dict[int, list[float]] = {}
+    for i, (name, epochs) in enumerate(series.items()):
+        for e in epochs:
+            by_epoch.setdefault(e["epoch"], []).append(e["test_acc"])
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["test_acc"] for e in epochs], mode="lines", name=name,
+                        line=dict(color=COLORS[i % len(COLORS)], width=1), opacity=0.7)
+    x = sorted(by_epoch)
+    lo, hi = [min(by_epoch[k]) for k in x], [max(by_epoch[k]) for k in x]
+    fig.add_scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor="rgba(47,111,223,0.15)",
+                    line=dict(width=0), name="spread (lowest to highest seed)", hoverinfo="skip")
+    fig.add_scatter(x=x, y=[float(np.mean(by_epoch[k])) for k in x], mode="lines+markers", name="mean",
+                    line=dict(color="#1b2a4a", width=3))
+    fig.update_layout(title="Test accuracy per epoch, each seed and their mean (%)", xaxis_title="epoch",
+                      yaxis_title="test accuracy %", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.25))
+    accuracy_axis(fig, goal, [v for vs in by_epoch.values() for v in vs], whole)
+    if len(x) <= 20:
+        fig.update_xaxes(dtick=1)
     return fig
 
 

@@ -41,6 +41,8 @@ TRAIN = {
     "tr_started": "'Started ...' message, shown once after the rerun that follows Start",
     "tr_was_running": "the run seen running, to rerun the whole page once when it ends",
     "tr_milestones": "multistep's milestones as typed, e.g. 5,10",
+    "tr_seeds": "'Repeat with seeds' as typed, e.g. 1,2,3: a group of runs",
+    "tr_whole_range": "the live accuracy chart: the whole range instead of the goal's band",
     "tr_lrfind_run": "button: run the LR range test", "tr_lrfind": "the last range test's curve and suggestion",
     "tr_use_lr": "button: take the suggested rate", "lrfind_chart": "chart",
     "tr_preset_name": "name to save the model and recipe under", "tr_preset_about": "its description",
@@ -65,6 +67,13 @@ DRAW = {
 
 RUNS = {
     "runs_compare": "the runs whose curves are overlaid",
+    "runs_meets": "filter: only runs that meet the goal", "runs_budget": "filter: only runs under the budget",
+    "runs_tags": "filter: runs with these tags", "runs_find": "filter: text in the name, group or architecture",
+    "runs_group": "the group of seeds shown", "runs_group_whole": "the group chart: the whole range",
+    "runs_whole": "the compare chart: the whole range", "group_chart": "chart",
+    "notes_": "a run's notes, per run", "tags_": "a run's tags as typed, per run", "notes_save_": "button",
+    "rename_": "a run's new name, per run", "rename_go_": "button", "renamed": "'Renamed ...' message after the rerun",
+    "runs_next": "the run to choose in the run box on the next rerun (after a rename)",
     "runs_one": "the run shown in full",
     "cmp_loss": "chart", "cmp_acc": "chart", "cmp_lr": "chart",
     "ab_a": "A/B comparison: run A", "ab_b": "A/B comparison: run B", "ab_loss": "chart", "ab_acc": "chart",
@@ -74,6 +83,7 @@ RUNS = {
     "cm_": "confusion matrix chart, per run", "cm_clicked_": "the cell last clicked on it, per run",
     "cell_": "the confusion cell whose digits are shown, per run", "per_": "per-digit accuracy chart, per run",
     "more_": "epochs to continue for, per run", "resume_": "Continue button, per run",
+    "sched_": "the continued run's learning rate: constant, cosine tail or the schedule again, per run",
     "resumed_": "'Started ...' message after Continue, per run",
     "zip_": "archive download, per run", "ts_": "TorchScript download, per run",
 }

@@ -126,7 +126,7 @@ def ab_section(runs: list[Run]) -> None:
             va, vb = ca.get(section, {}).get(k), cb.get(section, {}).get(k)
             rows.append({"setting": f"{section}.{k}", "A": str(va), "B": str(vb), "differs": va != vb})
     sa, sb = lab.summary(ra), lab.summary(rb)
-    for k in ("params", "best train acc", "best test acc", "epochs", "status"):
+    for k in ("params", "final test acc", "last min", "verdict", "best test acc", "epochs", "status"):
         rows.append({"setting": k, "A": str(sa[k]), "B": str(sb[k]), "differs": sa[k] != sb[k]})
     df = pd.DataFrame(rows)
     differing = df[df.differs & df.setting.str.contains(r"\.")].setting.tolist()
@@ -153,16 +153,26 @@ def resume_and_export(run: Run) -> None:
     with c1:
         st.markdown("**Continue training** from the last checkpoint, as a new run linked to this one.")
         more = st.number_input("More epochs", 1, 100, 5, key=f"more_{run.name}")
+        seen = lab.epochs_seen(run)
+        schedule = st.radio("Learning rate of the new epochs", list(lab.CONTINUE_SCHEDULES), key=f"sched_{run.name}",
+                            format_func=lambda k: lab.CONTINUE_SCHEDULES[k], horizontal=False,
+                            help="a finished OneCycle or cosine run ends at a tiny rate: holding it (or a cosine "
+                                 "tail) fine-tunes; restarting the schedule climbs back to its peak. The new run's "
+                                 "card states which")
+        limit = lab.goal().max_epochs
+        if seen + int(more) > limit:
+            st.caption(f"Its weights will have seen {seen + int(more)} epochs ({seen} before + {int(more)}): over "
+                       f"the goal's limit of {limit}, so the new run will miss the goal.")
         if started := st.session_state.pop(f"resumed_{run.name}", None):  # set just before the rerun below
             st.success(started)
         if st.button("Continue", key=f"resume_{run.name}", disabled=status == "running" or not last.exists()):
             try:
-                new = lab.continue_run(run, int(more))
+                new = lab.continue_run(run, int(more), schedule)
             except (ConfigError, RunError, jobs.Busy) as e:
                 st.error(str(e))
             else:
                 st.session_state[f"resumed_{run.name}"] = (
-                    f"Started {new.name}; its epochs continue from {len(run.epochs())}. See the Train page.")
+                    f"Started {new.name}; its epochs continue from {seen}. See the Train page.")
                 st.rerun()  # the page again, from the top: the new run in the table and the lists
     with c2:
         st.markdown("**Export** for use outside the app")

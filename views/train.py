@@ -21,6 +21,7 @@ from views.common import (
     save_settings,
     saved_settings,
     show_card,
+    whole_range_toggle,
 )
 
 # subset sizes offered; every preset's own sizes are offered too, so a preset comes through exactly
@@ -43,10 +44,11 @@ def size_label(total: int):
 # every recipe field that has a widget of its own, keyed tr_<field>
 FIELDS = ("epochs", "batch_size", "seed", "device", "precision", "optimizer", "lr", "momentum", "nesterov",
           "weight_decay", "scheduler", "step_size", "gamma", "warmup_pct", "final_div", "warmup_epochs", "patience",
-          "rotate", "translate", "scale", "shear", "erase", "label_smoothing", "clip_grad", "ema")
+          "rotate", "translate", "scale", "shear", "erase", "label_smoothing", "clip_grad", "ema", "val_split")
+VAL_SIZES = [0, 1000, 2000, 5000, 10000]
 # where a refusal is shown: the section holding the field the message names
 SECTIONS = {
-    "data": ("epochs", "batch", "seed", "device", "precision", "limit"),
+    "data": ("epochs", "batch", "seed", "device", "precision", "limit", "val-split", "give "),
     "optimizer": ("optimizer", "lr", "momentum", "nesterov", "weight-decay"),
     "schedule": ("scheduler", "step-size", "gamma", "milestone", "warmup", "final-div", "patience"),
     "augmentation": ("rotate", "translate", "scale", "shear", "erase", "augment"),
@@ -83,10 +85,17 @@ def page_settings() -> dict:
     return {**values, "limit_train": st.session_state.tr_size or None, "limit_test": st.session_state.tr_test_size or None}
 
 
+def seeds_wanted() -> list[int] | None:
+    """The seeds typed in "Repeat with seeds" (None: one run); ConfigError when they cannot be read."""
+    text = st.session_state.get("tr_seeds", "").strip()
+    return lab.parse_seeds(text) if text else None
+
+
 def refusal(values: dict) -> tuple[str, str] | None:
     """(section, message) when the settings cannot make a TrainConfig."""
     try:
         TrainConfig(**values)
+        seeds_wanted()
     except ConfigError as e:
         message = str(e)
         section = next((name for name, words in SECTIONS.items() if message.startswith(words)), "data")
@@ -213,10 +222,19 @@ with st.expander("Settings", expanded=True):
     c4.selectbox("Test images", size_options(TEST_SIZES, st.session_state.tr_test_size), key="tr_test_size",
                  format_func=size_label(10000), help="tested after every epoch: a subset tests faster, but its "
                  "accuracy is rougher (each of 2,000 images is 0.05 points)")
-    c1, c2, c3, _ = st.columns(4)
-    c1.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
-    c2.selectbox("Device", DEVICES, key="tr_device")
-    c3.selectbox("Precision", PRECISIONS, key="tr_precision",
+    c1, c2, c3, c4 = st.columns(4)
+    c1.number_input("Seed", 0, 2**31 - 1, key="tr_seed", disabled=bool(st.session_state.get("tr_seeds", "").strip()),
+                    help="same seed, same device: the same run. Ignored when seeds are repeated (at the right)")
+    c2.text_input("Repeat with seeds", key="tr_seeds", placeholder="e.g. 1,2,3 (empty: one run)",
+                  help="a group: one run per seed, all else equal, one after the other; the Runs page shows the "
+                       "group's verdict (holds the goal on k of N seeds)")
+    c3.selectbox("Validation images", size_options(VAL_SIZES, st.session_state.tr_val_split), key="tr_val_split",
+                 format_func=lambda n: "none (best.pt on test)" if n == 0 else f"{n:,} held out",
+                 help="training images held out (the same fixed choice for every run and seed); best.pt is then "
+                      "chosen on them, not on the test set. The test accuracy is still reported every epoch")
+    c4.selectbox("Device", DEVICES, key="tr_device")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Precision", PRECISIONS, key="tr_precision",
                  help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs, about 3x slower "
                       "elsewhere; auto: bf16 where it is fast, else fp32" + (
                           " (this machine: bf16)" if fast_bf16(torch.device("cpu")) else " (this machine's CPU: fp32)"))
@@ -286,12 +304,15 @@ with st.expander("Settings", expanded=True):
     show_problem("regularisation")
 
     c1, c2 = st.columns([1, 2])
-    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>", key="tr_name")
+    run_name = c1.text_input("Run name (optional)", placeholder="auto: run-<date>-<time>", key="tr_name",
+                             help="with seeds, the group's name: its runs are <name>-seed<S>")
     target = c2.text_input("Target (the card's first TARGET line, optional)", placeholder="e.g. Try BatchNorm off")
 
 if problem is None:
     save_settings(values)
-    st.caption(f"Start trains **{model_cfg.describe()}** ({model_cfg.params:,} parameters) with: "
+    seeds = seeds_wanted()
+    what = f"a group of {len(seeds)} runs (seeds {','.join(map(str, seeds))}) of " if seeds else ""
+    st.caption(f"Start trains {what}**{model_cfg.describe()}** ({model_cfg.params:,} parameters) with: "
                f"{TrainConfig(**values).recipe_text()}.")
 
 lr_finder(model_cfg, values, problem)
@@ -308,7 +329,10 @@ with st.container(horizontal=True):  # buttons as wide as their labels, at any w
 if start:
     try:
         cfg = TrainConfig(**values)
-        run = lab.start(model_cfg, cfg, name=run_name.strip(), target=target.strip())
+        if seeds := seeds_wanted():
+            run = lab.start_seeds(model_cfg, cfg, seeds, group=run_name.strip() or None, target=target.strip())[0]
+        else:
+            run = lab.start(model_cfg, cfg, name=run_name.strip(), target=target.strip())
         st.session_state.tr_run = st.session_state.tr_started = run.name
     except (ConfigError, RunError, jobs.Busy) as e:
         st.error(str(e), icon="🚫")
@@ -348,6 +372,16 @@ def live():
     st.subheader(f"{run.name}: {status}")
     if isinstance(run.config.get("parent"), str):
         st.caption(f"continues from run {run.config['parent']}")
+    if isinstance(group := run.config.get("group"), str) and group:
+        members = lab.group_runs(group)
+        states = [lab.status(r).get("status") for r in members]
+        if "running" in states or "queued" in states:
+            st.caption(f"group **{group}**: seed run {members.index(run) + 1 if run in members else '?'} of "
+                       f"{len(members)}; the group's verdict comes when the last seed ends")
+        else:
+            verdict = lab.group_verdict(members)
+            box = st.success if verdict.meets else st.warning
+            box(f"Group **{group}** {verdict.text(lab.goal())}. See it on the Runs page.")
     if status == "running":
         if batches:
             fraction, text = progress(batches[-1], run)
@@ -357,9 +391,10 @@ def live():
     elif current.get("reason"):
         st.warning(str(current["reason"])[:500])
     if epochs:
+        whole = whole_range_toggle(key="tr_whole_range")
         c1, c2 = st.columns(2)
         c1.plotly_chart(curves_figure({run.name: epochs}, "loss"), key="loss_curve")
-        c2.plotly_chart(curves_figure({run.name: epochs}, "acc"), key="acc_curve")
+        c2.plotly_chart(curves_figure({run.name: epochs}, "acc", whole), key="acc_curve")
         last = epochs[-1]
         st.markdown(f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
                     f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s")
