@@ -530,6 +530,36 @@ def test_train_a_tiny_model_then_find_it_on_runs(page, app_url, runs_dir, shots)
     assert Path(zipped.path()).read_bytes()[:2] == b"PK"
 
 
+def test_a_two_seed_group_trains_and_shows_its_verdict(page, app_url, runs_dir, shots):
+    """Repeat with seeds 1,2 on a subset: two runs one after the other, then the group's verdict on
+    Train, and the group with its chart and card on Runs."""
+    from playwright.sync_api import expect
+
+    open_page(page, app_url, "/train", "Train")
+    fill(page, "Epochs", "1")
+    choose(page, "Training images", "1,000")
+    settle(page)
+    choose(page, "Test images", "1,000")
+    settle(page)
+    fill(page, "Repeat with seeds", "1,2")
+    expect(page.get_by_text("Start trains a group of 2 runs (seeds 1,2) of")).to_be_visible()
+    fill(page, "Run name (optional)", "e2e-pair")
+    page.get_by_role("button", name="Start training").click()
+
+    verdict = page.get_by_text(re.compile(r"Group e2e-pair holds 99\.4% in the last 3 epochs on 0 of 2 seeds"))
+    expect(verdict).to_be_visible(timeout=2 * TRAIN_WAIT)
+    seeds = [json.loads((runs_dir / f"e2e-pair-seed{s}" / "config.json").read_text()) for s in (1, 2)]
+    assert [c["train"]["seed"] for c in seeds] == [1, 2] and {c["group"] for c in seeds} == {"e2e-pair"}
+
+    open_page(page, app_url, "/runs", "Runs")
+    expect(page.get_by_role("heading", name="Groups of seeds")).to_be_visible()
+    expect(page.get_by_role("heading", name="Group e2e-pair")).to_be_visible()
+    expect(page.get_by_text("holds 99.4% in the last 3 epochs on 0 of 2 seeds").first).to_be_visible()
+    charts_drawn(page, "group_chart")
+    page.get_by_test_id("stPlotlyChart").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "runs-group.png"), full_page=True)
+
+
 def test_a_list_with_padding_stride_and_depthwise_trains_and_shows_on_runs_and_draw(page, app_url, runs_dir):
     """A model of another shape, typed on Architecture, trained from the Train page for one epoch on
     1,000 images, then found on Runs (its card names its layers) and read with on Draw."""

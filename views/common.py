@@ -174,7 +174,7 @@ def accuracy_axis(fig: go.Figure, goal: Goal, values: list[float], whole: bool) 
     fig.add_hline(y=goal.accuracy, line=dict(color="#c0392b", dash="dot", width=1.5),
                   annotation_text=f"goal {goal.accuracy:g}%", annotation_position="bottom right",
                   annotation_font=dict(color="#c0392b", size=11))
-    if not whole:
+    if not whole and any(v >= goal.accuracy - 1.0 for v in values):  # nothing in the band yet: the whole range
         top = min(100.0, max([goal.accuracy + 0.5, *[v + 0.15 for v in values]]))
         fig.update_yaxes(range=[goal.accuracy - 1.0, top])
         if any(v < goal.accuracy - 1.0 for v in values):

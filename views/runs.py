@@ -28,21 +28,19 @@ if groups:
         "mean last min": verdicts[name].mean, "lowest last min": verdicts[name].low,
         "params": summaries[members[0].name]["params"], "architecture": summaries[members[0].name]["architecture"],
         "status": ", ".join(sorted({summaries[r.name]["status"] for r in members})),
-    } for name, members in groups.items()]), hide_index=True, width="stretch", column_config={
-        "mean last min": st.column_config.NumberColumn(format="%.2f", help="the mean over the seeds of each "
-                                                       f"one's lowest test accuracy in its last {goal.last} epochs"),
+    } for name, members in groups.items()]), hide_index=True, width="stretch", placeholder="–", column_config={
+        "mean last min": st.column_config.NumberColumn(format="%.2f", help=f"the mean over the seeds of each one's "
+                                                       f"lowest test accuracy in its last {goal.last} epochs"),
         "lowest last min": st.column_config.NumberColumn(format="%.2f"),
         "params": st.column_config.NumberColumn(format="localized")})
     group = st.selectbox("Group", list(groups), key="runs_group")
     members = groups[group]
     series = {f"seed {m.config.get('train', {}).get('seed', '?')}": [e for e in metrics(m) if e["kind"] == "epoch"]
               for m in members}
-    left, right = st.columns([3, 2])
-    with left:
-        whole = whole_range_toggle(key="runs_group_whole")
-        if any(series.values()):
-            st.plotly_chart(group_figure(series, goal, whole), key="group_chart")
-    with right, st.container(border=True):
+    whole = whole_range_toggle(key="runs_group_whole")
+    if any(series.values()):
+        st.plotly_chart(group_figure(series, goal, whole), key="group_chart")
+    with st.container(border=True):
         st.markdown(lab.group_card(group, members, goal))
 
 # -- every run ----------------------------------------------------------------------------------
@@ -53,7 +51,7 @@ COLUMNS = {"name": "name", "verdict": "goal", "last min": f"last {goal.last} min
            "created": "created"}
 df = pd.DataFrame(summaries.values())[list(COLUMNS)].rename(columns=COLUMNS)
 df["created"] = df["created"].str.replace("T", " ").str.slice(0, 16)
-for col in (f"last {goal.last} min", "final test %", "best test %", "params"):  # None as an empty cell, not "None"
+for col in (f"last {goal.last} min", "final test %", "best test %", "params"):  # numbers, missing ones NaN
     df[col] = pd.to_numeric(df[col], errors="coerce")
 all_tags = sorted({t.strip() for tags in df["tags"] for t in tags.split(",") if t.strip()})
 f1, f2, f3, f4 = st.columns([1, 1, 1.4, 1.6], vertical_alignment="bottom")
@@ -73,7 +71,7 @@ if text.strip():
     shown = shown[shown[["name", "group", "architecture"]].apply(lambda r: needle in " ".join(r).lower(), axis=1)]
 st.caption(f"{len(shown)} of {len(df)} runs. Click a column's header to sort by it.")
 st.dataframe(
-    shown, hide_index=True, width="stretch",
+    shown, hide_index=True, width="stretch", placeholder="–",  # numbers, so a click on a header sorts by them
     column_config={
         "goal": st.column_config.TextColumn(help=f"meets or misses the goal: {goal.text()}; … while it trains"),
         f"last {goal.last} min": st.column_config.NumberColumn(
