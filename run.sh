@@ -10,9 +10,11 @@ want=requirements.txt
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat "$want" requirements.txt | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat "$want" requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --disable-pip-version-check -q -r "$want"
+  # the package itself, editable: the `mnist-lab` command, from any folder
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
   touch "$stamp"
 fi
 

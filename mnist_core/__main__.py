@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,21 +17,23 @@ from tqdm import tqdm
 
 from mnist_core.bench import accuracy_bench, run_bench
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
-from mnist_core.data import DataError, load_mnist
+from mnist_core.data import DataError, load_mnist, normalize
 from mnist_core.draw import describe, ImageError, load_image, predict
-from mnist_core.files import UnreadableFile, describe_os_error, read_bytes, read_json
+from mnist_core.files import UnreadableFile, atomic_write_bytes, describe_os_error, read_bytes, read_json
 from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
 from mnist_core.goal import GoalError
 from mnist_core.lab import goal, group_verdict, parse_seeds, preset as lab_preset, runs_dir, seed_runs, verdict
 from mnist_core.lrfind import check_range, range_test
-from mnist_core.runs import check_run_name, Run, RunError
+from mnist_core.export import FORMATS, export_bytes, loadable_checkpoint, onnx_difference
+from mnist_core.runs import check_run_name, get_run, Run, RunError
 from mnist_core.train import check_can_train
 from mnist_core.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, ModelConfig
 
 EXIT_USAGE = 2
 KEEP = object()  # an option left out: keep the preset's value
+PROJECT = Path(__file__).resolve().parent.parent  # the checkout: app.py, data/, models/
 
 
 class UserError(Exception):
@@ -154,6 +157,9 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m mnist_core", description="Design, train and try tiny CNNs on MNIST.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
+    p = sub.add_parser("app", help="start the app (streamlit run app.py, from the project's folder)")
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="passed on to streamlit, e.g. --server.port 8600")
+
     p = sub.add_parser("summary", help="print the torchinfo layer table of a model")
     add_model_args(p)
 
@@ -179,6 +185,12 @@ def build_parser() -> Parser:
     p.add_argument("--end", type=float, default=10.0, help="the last rate (default 10; the test stops early once "
                    "the loss has blown up)")
     p.add_argument("--steps", type=int, default=200, help="batches, the rate rising by the same factor each (default 200)")
+
+    p = sub.add_parser("export", help="a run as a PyTorch script, a notebook, ONNX, TorchScript or an archive")
+    p.add_argument("run", help="a run's name (in the runs folder) or its directory")
+    p.add_argument("--format", required=True, choices=list(FORMATS),
+                   help="; ".join(f"{k}: {v[1]}" for k, v in FORMATS.items()))
+    p.add_argument("--out", type=Path, help="the file to write (default <run><ending> in this directory)")
 
     p = sub.add_parser("predict", help="read digits from image files")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the bundled model)")
@@ -401,6 +413,45 @@ def cmd_predict(args) -> int:
     return EXIT_USAGE if failed else 0
 
 
+def cmd_app(args) -> int:
+    """The Streamlit app, started from the project's folder (its .streamlit/config.toml applies)."""
+    app = PROJECT / "app.py"
+    if not app.is_file():
+        raise UserError(f"{app} is missing: the app runs from a checkout of mnist-lab (pip install -e .)")
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_args], cwd=PROJECT)
+
+
+def cmd_export(args) -> int:
+    run = find_run(args.run)
+    out = args.out or Path(f"{run.name}{FORMATS[args.format][0]}")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; --out names the file to write")
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"{out.parent}: no such directory")
+    data = export_bytes(run, args.format)
+    if args.format == "onnx":  # checked before it is written: ONNX Runtime agrees with torch
+        model, _ = load_checkpoint(loadable_checkpoint(run), follow_links=False)
+        x = normalize(load_mnist().test_x[:1000])
+        gap = onnx_difference(data, model, x)
+        if gap > 1e-4:
+            raise RunError(f"the ONNX model differs from torch's by {gap:.2g} on 1,000 test images; not written")
+        print(f"ONNX Runtime agrees with torch on 1,000 test images (largest difference {gap:.1g})")
+    atomic_write_bytes(out, data)
+    print(out)
+    return 0
+
+
+def find_run(text: str) -> Run:
+    """A run by name in the runs folder, or by its directory."""
+    path = Path(text)
+    if path.is_dir() and (path / "config.json").exists():
+        return Run(path)
+    try:
+        return get_run(runs_dir(), text)
+    except RunError:
+        raise RunError(f"no run {text!r}: give a run's name in {runs_dir()} or its directory") from None
+
+
 def cmd_lr_find(args) -> int:
     _, model_cfg, cfg = settings_from_args(args)
     check_can_train(cfg)
@@ -445,7 +496,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"summary": cmd_summary, "train": cmd_train, "lr-find": cmd_lr_find, "predict": cmd_predict,
-                    "bench": cmd_bench}
+                    "bench": cmd_bench, "export": cmd_export, "app": cmd_app}
         return commands[args.command](args)
     except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError, GoalError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -458,5 +509,10 @@ def main(argv=None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `mnist-lab` command (pip install -e .): every verb of `python -m mnist_core`, from any folder."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

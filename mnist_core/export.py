@@ -1,4 +1,5 @@
-"""A run for use outside the app: one archive with everything, and a TorchScript model."""
+"""A run for use outside the app: one archive with everything, a TorchScript or ONNX model, and the
+run as plain PyTorch code (codegen: a script or a notebook)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from mnist_core.checkpoint import load_checkpoint
+from mnist_core.checkpoint import CheckpointError, load_checkpoint
 from mnist_core.files import UnreadableFile
 from mnist_core.model import Net, summary_text
-from mnist_core.runs import Run
+from mnist_core.runs import Run, RunError
 
 
 def torchscript_bytes(model: Net) -> bytes:
@@ -26,6 +27,75 @@ def torchscript_bytes(model: Net) -> bytes:
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
     return buf.getvalue()
+
+
+def onnx_bytes(model: Net) -> bytes:
+    """The model through torch's ONNX exporter (dynamo), any batch size: input "image" (B, 1, 28, 28)
+    normalised with mean 0.1307 and std 0.3081, output "logits" (B, 10)."""
+    model = model.eval().cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress notes
+        program = torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                                    dynamo=True, verbose=False)
+    buf = io.BytesIO()
+    program.save(buf)
+    return buf.getvalue()
+
+
+def onnx_difference(data: bytes, model: Net, x: torch.Tensor) -> float:
+    """The largest difference between ONNX Runtime's logits for the exported `data` and torch's, on x."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (theirs,) = session.run(["logits"], {"image": x.numpy()})
+    with torch.no_grad():
+        ours = model.eval().cpu()(x).numpy()
+    return float(abs(theirs - ours).max())
+
+
+FORMATS = {  # --format: (file name ending, what it is)
+    "script": (".py", "a standalone PyTorch script: the model as nn.Module code, the data, the recipe, the loop"),
+    "notebook": (".ipynb", "the same as a Jupyter notebook, with the run's log and curves as its outputs"),
+    "onnx": (".onnx", "the model for ONNX Runtime and other runtimes"),
+    "torchscript": (".torchscript.pt", "the model traced to TorchScript"),
+    "archive": (".zip", "config, weights, TorchScript model, layer table, metrics and card"),
+}
+
+
+def export_bytes(run: Run, fmt: str, ckpt: Path | None = None) -> bytes:
+    """The run in format `fmt` (FORMATS). Raises CheckpointError when no checkpoint of the run loads
+    (the model formats) and RunError when its settings cannot be read (the code formats)."""
+    from mnist_core import codegen
+    from mnist_core.config import ConfigError
+
+    if fmt not in FORMATS:
+        raise RunError(f"format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
+    if fmt in ("script", "notebook"):
+        try:
+            return (codegen.script_text(run) if fmt == "script" else codegen.notebook_json(run)).encode()
+        except (ConfigError, KeyError) as e:
+            raise RunError(f"run {run.name!r}: its config.json cannot be read as a model and a recipe ({e})") from None
+    if fmt == "archive":
+        return archive_bytes(run, ckpt or loadable_checkpoint(run))
+    model, _ = load_checkpoint(ckpt or loadable_checkpoint(run), follow_links=False)
+    return onnx_bytes(model) if fmt == "onnx" else torchscript_bytes(model)
+
+
+def loadable_checkpoint(run: Run) -> Path:
+    """best.pt, else last.pt: the first that loads; CheckpointError naming why neither does."""
+    reasons = []
+    for name in ("best.pt", "last.pt"):
+        path = run.path / name
+        if not path.exists():
+            continue
+        try:
+            load_checkpoint(path, follow_links=False)
+            return path
+        except CheckpointError as e:
+            reasons.append(str(e))
+    raise CheckpointError(f"run {run.name!r} has no checkpoint that loads" + (f": {'; '.join(reasons)}" if reasons
+                                                                               else " (no best.pt or last.pt)"))
 
 
 def archive_bytes(run: Run, ckpt: Path | None = None) -> bytes:
