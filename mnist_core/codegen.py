@@ -20,6 +20,7 @@ import textwrap
 
 from mnist_core.config import ModelConfig, TrainConfig
 from mnist_core.data import MEAN, STD, VAL_SEED, augment
+from mnist_core.model import summary_text
 from mnist_core.runs import Run
 from mnist_core.spec import Row
 
@@ -389,10 +390,10 @@ def _curves_png(run: Run) -> bytes | None:
     epochs = run.epochs()
     if not epochs:
         return None
-    import matplotlib
+    import matplotlib  # heavy, and needed only for this picture
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the headless backend is chosen
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = [e["epoch"] for e in epochs]
@@ -411,8 +412,8 @@ def _curves_png(run: Run) -> bytes | None:
 def notebook_json(run: Run) -> str:
     """The run as a Jupyter notebook (nbformat 4): settings first, then the code in cells, with the
     run's own log and curves as the recorded outputs of the cells that made them."""
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+    import nbformat  # only a notebook export needs it
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output  # as above
 
     t = run.train_config()
     s = _sections(run)
@@ -434,11 +435,7 @@ def notebook_json(run: Run) -> str:
         curves_cell.outputs = [new_output("display_data", data={"image/png": base64.b64encode(png).decode(),
                                                                  "text/plain": "<Figure: loss and accuracy>"})]
     table_cell = new_code_cell("print(layer_table(model))\n")
-    try:
-        from mnist_core.model import summary_text
-        table_cell.outputs = [new_output("stream", name="stdout", text=summary_text(run.model_config()) + "\n")]
-    except ImportError:
-        pass
+    table_cell.outputs = [new_output("stream", name="stdout", text=summary_text(run.model_config()) + "\n")]
     cells = [
         new_markdown_cell(f"# {run.name}\n\n{_header(run)}\n\nExported by mnist-lab with the run's own log and "
                           "curves as the outputs below; run all cells to train it again."),

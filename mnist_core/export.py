@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from mnist_core import codegen
 from mnist_core.checkpoint import CheckpointError, load_checkpoint
+from mnist_core.config import ConfigError
 from mnist_core.files import UnreadableFile
 from mnist_core.model import Net, summary_text
 from mnist_core.runs import Run, RunError
@@ -45,7 +47,7 @@ def onnx_bytes(model: Net) -> bytes:
 
 def onnx_difference(data: bytes, model: Net, x: torch.Tensor) -> float:
     """The largest difference between ONNX Runtime's logits for the exported `data` and torch's, on x."""
-    import onnxruntime
+    import onnxruntime  # heavy: only the ONNX check needs it
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     (theirs,) = session.run(["logits"], {"image": x.numpy()})
@@ -66,9 +68,6 @@ FORMATS = {  # --format: (file name ending, what it is)
 def export_bytes(run: Run, fmt: str, ckpt: Path | None = None) -> bytes:
     """The run in format `fmt` (FORMATS). Raises CheckpointError when no checkpoint of the run loads
     (the model formats) and RunError when its settings cannot be read (the code formats)."""
-    from mnist_core import codegen
-    from mnist_core.config import ConfigError
-
     if fmt not in FORMATS:
         raise RunError(f"format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
     if fmt in ("script", "notebook"):

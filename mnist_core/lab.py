@@ -380,6 +380,11 @@ def torchscript(model) -> bytes:
     return export.torchscript_bytes(model)
 
 
+def export_as(run: Run, fmt: str, checkpoint: Path | None = None) -> bytes:
+    """The run as a script, a notebook, ONNX, TorchScript or an archive (export.FORMATS)."""
+    return export.export_bytes(run, fmt, checkpoint)
+
+
 def runs_with_checkpoints() -> list[Run]:
     """Runs that can be continued or fine-tuned: a last.pt, and not training now."""
     return [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and jobs.state(r) != "running"]

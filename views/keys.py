@@ -86,6 +86,7 @@ RUNS = {
     "sched_": "the continued run's learning rate: constant, cosine tail or the schedule again, per run",
     "resumed_": "'Started ...' message after Continue, per run",
     "zip_": "archive download, per run", "ts_": "TorchScript download, per run",
+    "onnx_": "ONNX download, per run", "py_": "script download, per run", "nb_": "notebook download, per run",
 }
 
 KEYS = {**SHARED, **ARCHITECTURE, **TRAIN, **DRAW, **RUNS}

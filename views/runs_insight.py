@@ -194,3 +194,16 @@ def resume_and_export(run: Run) -> None:
                            file_name=f"{run.name}.zip", key=f"zip_{run.name}", on_click="ignore")
         st.download_button(f"Download TorchScript model ({ckpt.name})", lambda: lab.torchscript(load_model(ckpt)[0]),
                            file_name=f"{run.name}.torchscript.pt", key=f"ts_{run.name}", on_click="ignore")
+        st.download_button(f"Download ONNX model ({ckpt.name})", lambda: lab.export_as(run, "onnx", ckpt),
+                           file_name=f"{run.name}.onnx", key=f"onnx_{run.name}", on_click="ignore",
+                           help="input 'image' (B, 1, 28, 28), normalised with mean 0.1307 and std 0.3081; "
+                                "output 'logits' (B, 10). Made by torch's ONNX exporter (a few seconds)")
+        st.markdown("**The run as code**: plain PyTorch, no mnist-lab needed; `--data DIR` (or the notebook's "
+                    "first cell) points it at MNIST")
+        st.download_button("Download as a Python script (.py)", lambda: lab.export_as(run, "script"),
+                           file_name=f"{run.name}.py", key=f"py_{run.name}", on_click="ignore",
+                           help="the model as nn.Module code, the data, the run's optimizer, schedule and "
+                                "augmentation, the training loop; --checkpoint best.pt tests the run's weights")
+        st.download_button("Download as a notebook (.ipynb)", lambda: lab.export_as(run, "notebook"),
+                           file_name=f"{run.name}.ipynb", key=f"nb_{run.name}", on_click="ignore",
+                           help="the same code in cells, with this run's log and curves as their outputs")
