@@ -15,6 +15,13 @@ pages = [
 ]
 page = st.navigation(pages)
 
+from views.common import design_from_link, design_to_link  # noqa: E402  (after set_page_config)
+
+design_from_link()  # a link's design, once per session
+design_to_link()  # the design in the URL: a reload keeps it, a copied link opens it elsewhere
+if problem := st.session_state.pop("link_problem", None):
+    st.warning(problem, icon="🔗")
+
 with st.sidebar:
     st.markdown("### mnist-lab")
     st.caption(

@@ -372,6 +372,58 @@ def train_config_from_dict(d: dict) -> TrainConfig:
     return _from_dict(TrainConfig, d)
 
 
+# -- a recipe in a link ---------------------------------------------------------------------------
+# The settings that differ from TrainConfig's defaults, as "key=value" pairs joined by ";":
+# "epochs=15;lr=0.05;scheduler=onecycle;milestones=5/10;nesterov=1;limit_train=2000". A run's own
+# state (its starting weights, its epoch offset, its drawings) never goes in a link.
+
+LINK_LIMIT = 2000  # characters: a longer recipe is not one of ours
+NOT_IN_LINKS = ("init_checkpoint", "start_epoch", "handwriting", "handwriting_repeat")
+
+
+def recipe_link(t: TrainConfig) -> str:
+    default = TrainConfig()
+    parts = []
+    for f in fields(TrainConfig):
+        v = getattr(t, f.name)
+        if f.name in NOT_IN_LINKS or v == getattr(default, f.name):
+            continue
+        text = ("1" if v else "0") if isinstance(v, bool) else "/".join(map(str, v)) if isinstance(v, tuple) \
+            else "none" if v is None else repr(v) if isinstance(v, float) else str(v)
+        parts.append(f"{f.name}={text}")
+    return ";".join(parts)
+
+
+def recipe_from_link(text: str) -> TrainConfig:
+    """The recipe a link holds; ConfigError naming the first part that is not a setting or its value."""
+    if not isinstance(text, str) or len(text) > LINK_LIMIT:
+        raise ConfigError(f"the recipe is not a recipe: more than {LINK_LIMIT} characters")
+    default = TrainConfig()
+    names = {f.name for f in fields(TrainConfig)} - set(NOT_IN_LINKS)
+    values = {}
+    for part in filter(None, text.split(";")):
+        key, sep, raw = part.partition("=")
+        if not sep or key not in names:
+            raise ConfigError(f"{part[:40]!r} is not a setting of the recipe")
+        kind = getattr(default, key)
+        try:
+            if key in ("limit_train", "limit_test"):
+                values[key] = None if raw == "none" else int(raw)
+            elif isinstance(kind, bool):
+                values[key] = {"1": True, "0": False}[raw]
+            elif isinstance(kind, int):
+                values[key] = int(raw)
+            elif isinstance(kind, float):
+                values[key] = float(raw)
+            elif isinstance(kind, tuple):
+                values[key] = tuple(int(m) for m in raw.split("/")) if raw else ()
+            else:
+                values[key] = raw
+        except (ValueError, KeyError):
+            raise ConfigError(f"{key}: {raw[:40]!r} is not a value it takes") from None
+    return TrainConfig(**values)
+
+
 def _from_dict(cls, d):
     if not isinstance(d, dict):
         raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")

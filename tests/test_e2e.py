@@ -372,6 +372,26 @@ def test_text_edits_rerun_the_model_panel_and_the_template_follows(page, app_url
     expect(text).to_have_value(deep.text)
 
 
+def test_a_reload_keeps_the_design_and_its_link_opens_it_in_a_new_tab(page, app_url, browser):
+    from playwright.sync_api import expect
+
+    open_page(page, app_url, "/architecture", "Architecture")
+    design = ModelConfig.parse("conv8p1 bn relu conv12s2p1 bn relu conv12dw bn relu conv16k1 gap conv10k1")
+    fill(page, "Layers as text", design.text)
+    expect(total_heading(page)).to_have_text(f"Total params: {design.params:,}")
+    page.wait_for_function("() => location.search.includes('arch=')")
+    link = page.url
+    page.reload()
+    expect(total_heading(page)).to_have_text(f"Total params: {design.params:,}", timeout=WAIT)
+    other = browser.new_page(viewport=VIEWPORT)  # a fresh session, as someone the link was sent to
+    try:
+        other.goto(link)
+        expect(total_heading(other)).to_have_text(f"Total params: {design.params:,}", timeout=WAIT)
+        expect(other.get_by_label("Layers as text", exact=True)).to_have_value(design.text)
+    finally:
+        other.close()
+
+
 def test_enter_in_the_ab_form_starts_nothing(page, app_url, runs_dir):
     """Two full trainings start from the Train A/B button only, not from Enter in its Epochs box."""
     from playwright.sync_api import expect

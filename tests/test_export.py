@@ -157,3 +157,66 @@ def test_the_mnist_lab_command_works_from_outside_the_checkout(tmp_path):
     out = subprocess.run([str(command), "predict", str(ROOT / "tests" / "nonexistent.png")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error:")
+
+
+# -- a design as a link -------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_recipe_round_trips_through_its_link_and_a_bad_one_is_named():
+    from mnist_core.config import PRESETS, ConfigError, recipe_from_link, recipe_link
+
+    for preset in PRESETS.values():
+        assert recipe_from_link(recipe_link(preset.train)) == preset.train
+    odd = TrainConfig(epochs=7, lr=0.0123456789, scheduler="multistep", milestones=(2, 5), nesterov=True,
+                      limit_train=2000, val_split=500, optimizer="sgd", erase=0.25)
+    assert recipe_from_link(recipe_link(odd)) == odd
+    assert recipe_link(TrainConfig(init_checkpoint="/x/last.pt", start_epoch=3)) == ""  # a run's state stays out
+    for text, says in (("lr=abc", "not a value"), ("colour=red", "not a setting"), ("init_checkpoint=/etc/passwd",
+                       "not a setting"), ("epochs=0", "epochs is 0"), ("x" * 3000, "more than"),
+                       ("nesterov=yes", "not a value"), ("scheduler=warp", "unknown")):
+        with pytest.raises(ConfigError, match=says):
+            recipe_from_link(text)
+
+
+def link_app(**params):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.switch_page("views/architecture.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.process  # the Train page loads MNIST for its augmentation preview
+def test_a_design_survives_a_link_into_a_fresh_session(runs_dir):
+    """Design on one session; its URL opened by a fresh one gives the same layer list and recipe."""
+    at = link_app()
+    text = "conv8p1 bn relu conv12s2p1 bn relu conv12dw bn relu conv16k1 gap conv10k1"
+    at.text_input(key="arch_spec").set_value(text).run()
+    at.switch_page("views/train.py").run()
+    at.number_input(key="tr_lr").set_value(0.07).run()
+    params = {k: at.query_params[k] for k in ("arch", "recipe")}
+    assert params["arch"] == [text] or params["arch"] == text
+    assert "lr=0.07" in str(params["recipe"])
+
+    fresh = link_app(**{k: v[0] if isinstance(v, list) else v for k, v in params.items()})
+    assert any(s.endswith(f"{ModelConfig.parse(text).params:,}") for s in (h.value for h in fresh.subheader))
+    assert fresh.text_input(key="arch_spec").value == text
+    fresh.switch_page("views/train.py").run()
+    assert fresh.number_input(key="tr_lr").value == 0.07
+
+
+@pytest.mark.process  # AppTest runs of the whole app
+def test_a_broken_or_hostile_link_says_why_and_opens_the_default(runs_dir):
+    for params, says in (({"arch": "conv999 gap"}, "layer list cannot be used"),
+                         ({"arch": "{\"layers\": " * 50}, "layer list cannot be used"),
+                         ({"arch": "a" * 5000}, "more than"),
+                         ({"recipe": "lr=-1;epochs=abc"}, "recipe cannot be used"),
+                         ({"recipe": "handwriting=/etc"}, "not a setting")):
+        at = link_app(**params)
+        assert any(says in w for w in (x.value for x in at.warning)), (params, [x.value for x in at.warning])
+        assert any(h.value == "Total params: 9,596" for h in at.subheader)  # the reference, the default
+        assert not at.exception

@@ -8,7 +8,7 @@ from mnist_core.config import MAX_WIDTH, WIDTH_NAMES, ConfigError, ModelConfig, 
 from mnist_core.model import build_model, summary_text
 from mnist_core.runs import RunError
 from views import layer_editor
-from views.common import choose_model, chosen_model, saved_settings
+from views.common import choose_model, chosen_model, design_to_link, saved_settings
 
 WIDGETS = [f"arch_w{i}" for i in range(6)]
 LABELS = {
@@ -189,6 +189,7 @@ def model_panel(budget: int) -> None:
     only this part, not the whole page: that keeps a 40-layer list live. The template column outside
     follows with a whole-page rerun only when the edit changed what it shows."""
     cfg = chosen_model()
+    design_to_link()  # a fragment rerun does not pass through app.py, which keeps the URL up to date
     if cfg.template_settings() != st.session_state.arch_template_shown:
         st.rerun()  # the template's sliders or caption would be stale: draw the whole page
     if error := st.session_state.get("arch_error"):

@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mnist_core import lab
-from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
+from mnist_core.config import (LINK_LIMIT, ConfigError, ModelConfig, TrainConfig, get_preset, recipe_from_link,
+                                recipe_link)
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
 from mnist_core.files import UnreadableFile
 from mnist_core.goal import Goal
@@ -51,6 +52,47 @@ def save_settings(values: dict) -> None:
         st.session_state.train_cfg = TrainConfig(**values)
     except ConfigError:
         pass  # the page shows the refusal when Start is pressed; keep the last good settings
+
+
+# -- the design in the page's URL: a reload keeps it, a copied link opens it elsewhere ----------
+
+LINK_KEYS = ("arch", "recipe")  # the layer list's text form; the recipe's settings that differ from the defaults
+
+
+def design_from_link() -> None:
+    """Once per session: the layer list and the recipe a link holds become the chosen ones. A part
+    that cannot be used is named (design_link_problem) and the default stays in its place."""
+    if st.session_state.get("link_read"):
+        return
+    st.session_state.link_read = True
+    problems = []
+    if (text := st.query_params.get("arch")) is not None:
+        try:
+            if len(text) > LINK_LIMIT:
+                raise ConfigError(f"more than {LINK_LIMIT} characters")
+            choose_model(ModelConfig.parse(text))
+        except ConfigError as e:
+            problems.append(f"its layer list cannot be used ({e})")
+    if (text := st.query_params.get("recipe")) is not None:
+        try:
+            st.session_state.train_cfg = recipe_from_link(text)
+        except ConfigError as e:
+            problems.append(f"its recipe cannot be used ({e})")
+    if problems:
+        st.session_state.link_problem = ("This link's design was not opened: " + "; ".join(problems)
+                                         + ". The default stands in its place.")
+        design_to_link()  # the URL says what is shown
+
+
+def design_to_link() -> None:
+    """The chosen layer list and recipe into the URL (only what changed, so no needless history)."""
+    want = {"arch": chosen_model().text, "recipe": recipe_link(saved_settings())}
+    for key, value in want.items():
+        if st.query_params.get(key) != value:
+            if value:
+                st.query_params[key] = value
+            elif key in st.query_params:
+                del st.query_params[key]
 
 
 # -- cached loading ----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ rest is a run's name or a field's. tests/test_structure.py fails when a page use
 SHARED = {
     "model_cfg": "the model chosen on Architecture, as ModelConfig.to_dict(); the Train page trains it",
     "train_cfg": "the recipe last set on Train (a TrainConfig); Architecture's A/B form starts from it",
+    "link_read": "the page's URL has been read for a design (once per session)",
+    "link_problem": "why a link's design was not opened, shown once",
 }
 
 ARCHITECTURE = {

@@ -15,6 +15,7 @@ from views.common import (
     choose_model,
     chosen_model,
     curves_figure,
+    design_to_link,
     lr_figure,
     metrics,
     runs_dir,
@@ -310,6 +311,7 @@ with st.expander("Settings", expanded=True):
 
 if problem is None:
     save_settings(values)
+    design_to_link()  # the settings just changed: the URL follows in this run, not the next
     seeds = seeds_wanted()
     what = f"a group of {len(seeds)} runs (seeds {','.join(map(str, seeds))}) of " if seeds else ""
     st.caption(f"Start trains {what}**{model_cfg.describe()}** ({model_cfg.params:,} parameters) with: "
