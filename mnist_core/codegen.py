@@ -196,8 +196,7 @@ def train(model, data, epochs, log=print):
     """The run's recipe on data = (train x, train y, test x, test y[, val x, val y]); logs as the
     reference notebook does. Returns the model that is tested and saved (the weight average with EMA)."""
     train_x, train_y, test_x, test_y = data[:4]
-    torch.manual_seed(SEED)
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)  # shuffling and augmentation (the weights were seeded before Net())
     optimizer = make_optimizer(model)
     steps = math.ceil(len(train_x) / BATCH_SIZE)
     schedule, when = make_schedule(optimizer, epochs, steps)
@@ -335,6 +334,7 @@ def script_text(run: Run) -> str:
             global DATA, LIMIT_TRAIN, LIMIT_TEST
             DATA, LIMIT_TRAIN, LIMIT_TEST = args.data, args.limit_train, args.limit_test
         ''') + _prepare_code("    ") + textwrap.dedent('''\
+            torch.manual_seed(SEED)  # the weights' initial values, as in the run
             model = Net()
             if args.checkpoint:
                 load_run_checkpoint(model, args.checkpoint)
@@ -426,7 +426,8 @@ def notebook_json(run: Run) -> str:
         LIMIT_TEST = {t.limit_test!r}  # test on the first N images (None: all 10,000)
         ''')
     history = [{k: e[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")} for e in run.epochs()]
-    train_cell = new_code_cell(_prepare_code() + "model = train(Net(), data, EPOCHS, log=print)\n")
+    train_cell = new_code_cell(_prepare_code() + "torch.manual_seed(SEED)  # the weights' initial values, as in the run\n"
+                               "model = train(Net(), data, EPOCHS, log=print)\n")
     train_cell.outputs = [new_output("stream", name="stdout", text=_log_lines(run))]
     curves_cell = new_code_cell(f"history = {json.dumps(history)}  # the run's epochs, as recorded\n"
                                 "plot_curves(history)\n")

@@ -110,18 +110,19 @@ def summary(cfg: ModelConfig | None = None, verbose: int = 0):
     """torchinfo's summary of the network for one 28x28 image (a ModelStatistics object)."""
     import torchinfo  # heavy: imported only when a summary is asked for
 
-    model = build_model(cfg)
-    cfg = model.config
-    return torchinfo.summary(
-        model,
-        input_size=(1, 1, INPUT_SIZE, INPUT_SIZE),
-        col_names=("output_size", "num_params", "mult_adds"),
-        row_settings=("depth",),
-        depth=1,
-        col_width=16,  # wide enough for "[1, 128, 26, 26]"; the default 25 makes a 115-character table
-        verbose=verbose,
-        device="cpu",
-    )
+    # A summary is a side look: the throwaway model's initial weights and torchinfo's forward pass must
+    # not draw from the global generator a training in this process uses (its dropout masks, say).
+    with torch.random.fork_rng(devices=[]):
+        return torchinfo.summary(
+            build_model(cfg),
+            input_size=(1, 1, INPUT_SIZE, INPUT_SIZE),
+            col_names=("output_size", "num_params", "mult_adds"),
+            row_settings=("depth",),
+            depth=1,
+            col_width=16,  # wide enough for "[1, 128, 26, 26]"; the default 25 makes a 115-character table
+            verbose=verbose,
+            device="cpu",
+        )
 
 
 def summary_text(cfg: ModelConfig | None = None) -> str:

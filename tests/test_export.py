@@ -71,16 +71,26 @@ def test_the_script_imports_only_torch_torchvision_and_the_standard_library(tmp_
 
 
 @pytest.mark.process  # trains
-def test_the_script_trains_one_epoch_on_a_subset_and_prints_the_reference_lines(finished_run, tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(codegen.script_text(finished_run))
-    root = verify(DATA_DIR)
-    out = subprocess.run([sys.executable, str(script), "--data", str(root), "--epochs", "1", "--limit-train", "2000"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def test_the_script_reproduces_the_run_and_prints_the_reference_lines(runs_dir, mnist, tmp_path):
+    """A run (a residual list, OneCycle, rotation and erasing) trained by the app, then its exported
+    script run on the same data on this device: the same test results, epoch for epoch."""
+    from mnist_core.runner import train_run
+
+    recipe = TrainConfig(epochs=2, limit_train=2000, limit_test=500, lr=0.05, scheduler="onecycle", rotate=8.0,
+                         erase=0.2, seed=3)
+    run = Run.create(runs_dir, SHAPES[1], recipe, name="repro")
+    train_run(run, mnist)
+    script = tmp_path / "repro.py"
+    script.write_text(codegen.script_text(run))
+    out = subprocess.run([sys.executable, str(script), "--data", str(verify(DATA_DIR))], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "EPOCH: 1" in out.stdout and "Batch_id=31 Accuracy=" in out.stdout
-    assert "Test set: Average loss: " in out.stdout and "/100 (" in out.stdout  # the run's 100 test images
-    assert "Total params: 9,596" in out.stdout
+    theirs = [line for line in out.stdout.splitlines() if line.startswith("Test set: ")]
+    ours = [f"Test set: Average loss: {e['test_loss']:.4f}, Accuracy: {e['test_correct']}/500 ({e['test_acc']:.2f}%)"
+            for e in run.epochs()]
+    assert theirs == ours
+    assert f"Total params: {SHAPES[1].params:,}" in out.stdout
 
 
 @pytest.mark.process  # loads MNIST
