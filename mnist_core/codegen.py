@@ -24,8 +24,7 @@ from mnist_core.model import summary_text
 from mnist_core.runs import Run
 from mnist_core.spec import Row
 
-TORCH_NAMES = {"conv": "nn.Conv2d", "relu": "nn.ReLU", "maxpool": "nn.MaxPool2d", "avgpool": "nn.AvgPool2d",
-               "gap": "nn.AvgPool2d"}
+POOLS = {"maxpool": "nn.MaxPool2d", "avgpool": "nn.AvgPool2d"}
 
 
 def _shape(row: Row) -> str:
@@ -50,7 +49,7 @@ def _module_code(row: Row) -> str:
     if t == "dropout":
         return f"nn.Dropout{'' if row.flat else '2d'}({lay.p:g})"
     if t in ("maxpool", "avgpool"):
-        return f"{TORCH_NAMES[t]}({lay.kernel}, stride={lay.stride})"
+        return f"{POOLS[t]}({lay.kernel}, stride={lay.stride})"
     if t == "gap":
         return f"nn.AvgPool2d({row.in_size})"
     if t == "linear":
@@ -366,13 +365,13 @@ def _log_lines(run: Run) -> str:
 
 
 CURVES_CODE = '''def plot_curves(history):
-    """Loss and accuracy per epoch (matplotlib, if installed; else a table)."""
+    """Loss and accuracy per epoch: a matplotlib figure (if matplotlib is installed; else a table)."""
     try:
         import matplotlib.pyplot as plt
     except ImportError:
         for h in history:
             print(h)
-        return
+        return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     epochs = [h["epoch"] for h in history]
     for split, style in (("train", "--"), ("test", "-")):
@@ -381,28 +380,23 @@ CURVES_CODE = '''def plot_curves(history):
     a.set(title="Loss per epoch", xlabel="epoch")
     b.set(title="Accuracy per epoch (%)", xlabel="epoch")
     a.legend(), b.legend()
-    plt.show()
+    return fig
 '''
 
 
-def _curves_png(run: Run) -> bytes | None:
-    """The run's own curves as a PNG, for the notebook's recorded output (matplotlib, headless)."""
-    epochs = run.epochs()
-    if not epochs:
+def _curves_png(history: list[dict]) -> bytes | None:
+    """The run's own curves as a PNG, for the notebook's recorded output: the notebook's plot_curves
+    itself, run here on a headless backend."""
+    if not history:
         return None
     import matplotlib  # heavy, and needed only for this picture
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after the headless backend is chosen
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    x = [e["epoch"] for e in epochs]
-    for split, style in (("train", "--"), ("test", "-")):
-        a.plot(x, [e[f"{split}_loss"] for e in epochs], style, label=split)
-        b.plot(x, [e[f"{split}_acc"] for e in epochs], style, label=split)
-    a.set(title="Loss per epoch", xlabel="epoch")
-    b.set(title="Accuracy per epoch (%)", xlabel="epoch")
-    a.legend(), b.legend()
+    space: dict = {}
+    exec(CURVES_CODE, space)
+    fig = space["plot_curves"](history)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
@@ -431,7 +425,7 @@ def notebook_json(run: Run) -> str:
     train_cell.outputs = [new_output("stream", name="stdout", text=_log_lines(run))]
     curves_cell = new_code_cell(f"history = {json.dumps(history)}  # the run's epochs, as recorded\n"
                                 "plot_curves(history)\n")
-    png = _curves_png(run)
+    png = _curves_png(history)
     if png:
         curves_cell.outputs = [new_output("display_data", data={"image/png": base64.b64encode(png).decode(),
                                                                  "text/plain": "<Figure: loss and accuracy>"})]
