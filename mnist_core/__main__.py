@@ -20,10 +20,12 @@ from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_chec
 from mnist_core.data import DataError, load_mnist, normalize
 from mnist_core.draw import describe, ImageError, load_image, predict
 from mnist_core.files import UnreadableFile, atomic_write_bytes, describe_os_error, read_bytes, read_json
-from mnist_core.jobs import announce
 from mnist_core.model import summary_text
 from mnist_core.runner import train_run
 from mnist_core.goal import GoalError
+from mnist_core import sweep
+from mnist_core.jobs import Busy, announce
+from mnist_core.sweep import SweepError
 from mnist_core.lab import goal, group_verdict, parse_seeds, preset as lab_preset, runs_dir, seed_runs, verdict
 from mnist_core.lrfind import check_range, range_test
 from mnist_core.export import FORMATS, export_bytes, loadable_checkpoint, onnx_difference
@@ -191,6 +193,19 @@ def build_parser() -> Parser:
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="; ".join(f"{k}: {v[1]}" for k, v in FORMATS.items()))
     p.add_argument("--out", type=Path, help="the file to write (default <run><ending> in this directory)")
+
+    p = sub.add_parser("sweep", help="search a space of models and recipes on Ray Tune (Optuna's TPE, ASHA): "
+                                     "every trial is a run; prints each finished trial, the table and the Pareto front")
+    p.add_argument("--space", type=Path, help="the space file (JSON), e.g. examples/sweeps/tiny.json")
+    p.add_argument("--trials", type=int, help="trials to run (default: the space's)")
+    p.add_argument("--concurrent", type=int, help="trials at once, one thread each (default: the space's, else the cores)")
+    p.add_argument("--budget", type=int, help="parameters: a model at or over it is rejected before training")
+    p.add_argument("--goal", type=float, help="test accuracy in %% the last epochs must hold (default 99.4)")
+    p.add_argument("--objective", choices=["accuracy", "params"], help="accuracy: the best last-epochs minimum "
+                   "under the budget; params: the fewest parameters that reach the goal")
+    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--name", help="the sweep's name (default sweep-<date>-<time>)")
+    p.add_argument("--status", type=Path, metavar="DIR", help="read a sweep again: its folder or its name")
 
     p = sub.add_parser("predict", help="read digits from image files")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the bundled model)")
@@ -421,6 +436,33 @@ def cmd_app(args) -> int:
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_args], cwd=PROJECT)
 
 
+def cmd_sweep(args) -> int:
+    if args.status is not None:
+        folder = args.status if args.status.is_dir() else sweep.sweep_dir(runs_dir(), str(args.status))
+        if not (folder / "spec.json").is_file():
+            raise UserError(f"{args.status}: not a sweep (no spec.json)")
+        state = sweep.status(folder)
+        trials = sweep.read_trials(folder)
+        print(f"sweep {folder.name}: {state.get('status', 'unknown')}, {len(trials)} of {state.get('trials', '?')} "
+              f"trials finished" + (f" ({state['reason']})" if state.get("reason") else ""))
+        print(sweep.table(trials))
+        print("\nPareto front:")
+        for t in sweep.pareto(trials):
+            print(f"  {t['params']:>7,} params  {t['last_min']:.2f}%  {t['run']}  {t.get('layers', '')}")
+        return 0
+    if args.space is None:
+        raise UserError("sweep needs --space FILE (or --status DIR to read one again)")
+    space = sweep.load_space(args.space)
+    changes = {k: getattr(args, k) for k in ("trials", "concurrent", "budget", "goal", "objective")
+               if getattr(args, k) is not None}
+    space = sweep.check_space({**space, **changes})
+    print(f"sweep: {space['trials']} trials, {space['concurrent']} at once, budget {space['budget']:,} parameters, "
+          f"objective {space['objective']}, goal {space['goal']:g}%", flush=True)
+    folder = sweep.run_sweep(space, runs_dir(), args.name, args.address, log=lambda line: print(line, flush=True))
+    print(folder)
+    return 0
+
+
 def cmd_export(args) -> int:
     run = find_run(args.run)
     out = args.out or Path(f"{run.name}{FORMATS[args.format][0]}")
@@ -496,9 +538,10 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"summary": cmd_summary, "train": cmd_train, "lr-find": cmd_lr_find, "predict": cmd_predict,
-                    "bench": cmd_bench, "export": cmd_export, "app": cmd_app}
+                    "bench": cmd_bench, "export": cmd_export, "app": cmd_app, "sweep": cmd_sweep}
         return commands[args.command](args)
-    except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError, GoalError) as e:
+    except (UserError, ConfigError, DataError, CheckpointError, RunError, ImageError, GoalError, SweepError,
+            Busy) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, permissions, ...: still one line

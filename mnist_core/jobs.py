@@ -13,6 +13,7 @@ the lock when the child ends, however it ends, so the lock can never go stale.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -109,6 +110,28 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
         return runs
     finally:
         os.close(fd)  # the child's inherited copy keeps the lock
+
+
+@contextlib.contextmanager
+def hold(runs_dir: Path, label: str):
+    """The runs folder's training lock for this process, for as long as the block runs (a sweep):
+    Start in the app says Busy meanwhile, and a sweep waits for no training. Busy if it is taken."""
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunError(f"cannot take the training lock: {describe_os_error(e)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, label.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
 
 
 def _spawn(runs: list[Run], fd: int, log) -> subprocess.Popen:

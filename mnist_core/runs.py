@@ -46,7 +46,7 @@ RECORD_FIELDS = {
 }
 
 
-META = ("preset", "target", "parent", "group")  # what config.json says of a run besides its settings
+META = ("preset", "target", "parent", "group", "sweep")  # what config.json says of a run besides its settings
 
 
 class RunError(ValueError):
@@ -416,6 +416,7 @@ class Run:
             "epochs in all": before + len(epochs),
             "seed": train.get("seed"),
             "group": str(cfg.get("group") or ""),
+            "sweep": str(cfg.get("sweep") or ""),
             "parent": str(cfg.get("parent") or ""),
             "tags": ", ".join(self.notes["tags"]),
             "reason": str(status.get("reason", "")),

@@ -46,7 +46,8 @@ if groups:
 # -- every run ----------------------------------------------------------------------------------
 st.subheader("Every run")
 COLUMNS = {"name": "name", "verdict": "goal", "last min": f"last {goal.last} min", "final test acc": "final test %",
-           "params": "params", "epochs in all": "epochs", "why": "why", "group": "group", "parent": "parent",
+           "params": "params", "epochs in all": "epochs", "why": "why", "group": "group", "sweep": "sweep",
+           "parent": "parent",
            "tags": "tags", "best test acc": "best test %", "status": "status", "architecture": "architecture",
            "created": "created"}
 df = pd.DataFrame(summaries.values())[list(COLUMNS)].rename(columns=COLUMNS)
@@ -58,7 +59,7 @@ f1, f2, f3, f4 = st.columns([1, 1, 1.4, 1.6], vertical_alignment="bottom")
 only_meets = f1.checkbox("Meets the goal", key="runs_meets")
 only_budget = f2.checkbox(f"Under {goal.max_params:,} parameters", key="runs_budget")
 tags = f3.multiselect("Tags", all_tags, key="runs_tags", placeholder="any tag")
-text = f4.text_input("Find", key="runs_find", placeholder="name, group or architecture")
+text = f4.text_input("Find", key="runs_find", placeholder="name, group, sweep or architecture")
 shown = df
 if only_meets:
     shown = shown[shown["goal"] == "meets"]
@@ -68,7 +69,7 @@ if tags:
     shown = shown[shown["tags"].apply(lambda t: bool(set(tags) & {x.strip() for x in t.split(",")}))]
 if text.strip():
     needle = text.strip().lower()
-    shown = shown[shown[["name", "group", "architecture"]].apply(lambda r: needle in " ".join(r).lower(), axis=1)]
+    shown = shown[shown[["name", "group", "sweep", "architecture"]].apply(lambda r: needle in " ".join(r).lower(), axis=1)]
 st.caption(f"{len(shown)} of {len(df)} runs. Click a column's header to sort by it.")
 st.dataframe(
     shown, hide_index=True, width="stretch", placeholder="–",  # numbers, so a click on a header sorts by them
