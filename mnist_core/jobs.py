@@ -77,16 +77,8 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
     for spec in specs:
         check_can_train(spec["train_cfg"])
     runs_dir = Path(runs_dir)
+    fd = _lock(runs_dir, "cannot start the training")
     try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise RunError(f"cannot start the training: {describe_os_error(e)}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
         runs: list[Run] = []
         try:
             for spec in specs:
@@ -112,21 +104,28 @@ def start_queue(runs_dir: Path, specs: list[dict]) -> list[Run]:
         os.close(fd)  # the child's inherited copy keeps the lock
 
 
-@contextlib.contextmanager
-def hold(runs_dir: Path, label: str):
-    """The runs folder's training lock for this process, for as long as the block runs (a sweep):
-    Start in the app says Busy meanwhile, and a sweep waits for no training. Busy if it is taken."""
-    runs_dir = Path(runs_dir)
+def _lock(runs_dir: Path, doing: str) -> int:
+    """The runs folder's lock file, opened and locked exclusively: its descriptor. Busy when a
+    training holds it; RunError ('<doing>: <why>') when the folder will not have it."""
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise RunError(f"cannot take the training lock: {describe_os_error(e)}") from None
+        raise RunError(f"{doing}: {describe_os_error(e)}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
+    return fd
+
+
+@contextlib.contextmanager
+def hold(runs_dir: Path, label: str):
+    """The runs folder's training lock for this process, for as long as the block runs (a sweep):
+    Start in the app says Busy meanwhile, and a sweep waits for no training. Busy if it is taken."""
+    fd = _lock(Path(runs_dir), "cannot take the training lock")
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, label.encode(), 0)
         yield
@@ -186,7 +185,7 @@ def pid_alive(pid) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc (not Linux): trust the signal check
-    return stat.split(")")[-1].split()[0] != "Z" and b"mnist_core" in cmdline
+    return stat.split(")")[-1].split()[0] != "Z" and (b"mnist_core" in cmdline or b"mnist-lab" in cmdline)
 
 
 def status(run: Run) -> dict:

@@ -249,21 +249,9 @@ def status(folder: Path) -> dict:
     """status.json, a sweep whose process is gone reading as interrupted."""
     d = read_json(Path(folder) / "status.json")
     d = d if isinstance(d, dict) else {}
-    if d.get("status") == "running" and not _alive(d.get("pid")):
+    if d.get("status") == "running" and not jobs.pid_alive(d.get("pid")):
         d = {**d, "status": "interrupted", "reason": "the sweep's process ended before it finished"}
     return d
-
-
-def _alive(pid) -> bool:
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def trial_line(t: dict, n: int, total: int, goal_last: int) -> str:
