@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 
 from mnist_core.config import ConfigError, ModelConfig, train_config_from_dict
-from mnist_core.goal import Goal, analysis as goal_analysis, judge
+from mnist_core.goal import Goal, analysis as goal_analysis, judge, run_facts
 
 OVERFIT_GAP = 0.3  # points of train-over-test accuracy that we call overfitting
 UNDERFIT_TRAIN = 95.0  # below this train accuracy the model has not yet fit the data: a gap is not overfitting
@@ -124,8 +124,8 @@ def render(cfg: dict, epochs: list[dict], status: str, layer_table: str = "", go
            notes: dict | None = None) -> str:
     goal = goal or Goal()
     train = cfg.get("train", {})
-    planned, before = train.get("epochs"), train.get("start_epoch") or 0
-    params = cfg.get("params") if isinstance(cfg.get("params"), int) else None
+    planned = train.get("epochs")
+    params, before = run_facts(cfg)
     verdict = judge(goal, epochs, params, before)
 
     def fmt(v):

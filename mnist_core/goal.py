@@ -89,6 +89,22 @@ def save(runs_dir: Path, goal: Goal) -> None:
         raise GoalError(f"cannot save the goal: {describe_os_error(e)}") from None
 
 
+def run_facts(cfg: dict) -> tuple[int | None, int]:
+    """(parameters, epochs before it) of a run, from its config.json as a mapping: what a verdict
+    needs besides the epochs. The file is input: a value that is not a whole number reads as unknown
+    (parameters) or none (epochs before)."""
+    params = cfg.get("params")
+    before = cfg.get("train", {}).get("start_epoch") if isinstance(cfg.get("train"), dict) else None
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    return (params if whole(params) else None), (before if whole(before) and before >= 0 else 0)
+
+
+def judge_run(goal: Goal, cfg: dict, epochs: list[dict]) -> Verdict:
+    """judge() for a run from its config.json mapping and its epoch records."""
+    params, before = run_facts(cfg)
+    return judge(goal, epochs, params, before)
+
+
 def judge(goal: Goal, epochs: list[dict], params: int | None, epochs_before: int = 0) -> Verdict:
     """The verdict on a run's epoch records (each with "epoch" and "test_acc"); `epochs_before` is
     how many epochs the weights saw in the runs it continues. Reasons, the first that applies:

@@ -19,7 +19,7 @@ from mnist_core import goal as goalmod
 from mnist_core.card import plural
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, Preset, TrainConfig, asdict, train_config_from_dict
 from mnist_core.files import atomic_write_json, atomic_write_text, describe_os_error, read_json
-from mnist_core.goal import Goal, GroupVerdict, Verdict, judge, judge_group
+from mnist_core.goal import Goal, GroupVerdict, Verdict, judge_group, judge_run
 from mnist_core.runner import card_markdown
 from mnist_core.runs import NAME_RE, Run, RunError, check_run_name, list_runs, new_run_name
 
@@ -133,10 +133,7 @@ def set_goal(new: Goal) -> None:
 
 
 def verdict(run: Run, judged_by: Goal | None = None) -> Verdict:
-    cfg = run.config
-    params = cfg.get("params") if isinstance(cfg.get("params"), int) else None
-    before = cfg.get("train", {}).get("start_epoch")
-    return judge(judged_by or goal(), run.epochs(), params, before if isinstance(before, int) else 0)
+    return judge_run(judged_by or goal(), run.config, run.epochs())
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -176,7 +173,7 @@ def groups() -> dict[str, list[Run]]:
     for run in all_runs():
         if isinstance(name := run.config.get("group"), str) and name:
             out.setdefault(name, []).append(run)
-    return {g: sorted(rs, key=lambda r: (str(r.config.get("train", {}).get("seed")), r.name)) for g, rs in out.items()}
+    return {g: sorted(rs, key=_seed_order) for g, rs in out.items()}
 
 
 def group_runs(group: str) -> list[Run]:
@@ -184,7 +181,12 @@ def group_runs(group: str) -> list[Run]:
     that polls it does not read every run's config."""
     found = [Run(p) for p in runs_dir().glob(f"{glob.escape(group)}-seed*") if p.is_dir()]
     found = [r for r in found if r.config.get("group") == group]
-    return sorted(found, key=lambda r: (str(r.config.get("train", {}).get("seed")), r.name))
+    return sorted(found, key=_seed_order)
+
+
+def _seed_order(run: Run) -> tuple[str, str]:
+    """A group's runs in seed order (then by name)."""
+    return str(run.config.get("train", {}).get("seed")), run.name
 
 
 def group_verdict(runs: list[Run], judged_by: Goal | None = None) -> GroupVerdict:

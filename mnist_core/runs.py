@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mnist_core.checkpoint import MAX_CHECKPOINT_BYTES
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
-from mnist_core.goal import Goal, judge
+from mnist_core.goal import Goal, judge, run_facts
 from mnist_core.files import (
     SMALL_FILE_BYTES,
     UnreadableFile,
@@ -395,8 +395,7 @@ class Run:
             architecture = model_config_from_dict(model).describe()
         except ConfigError:
             architecture = "?"
-        params = cfg["params"] if isinstance(cfg.get("params"), int) and not isinstance(cfg["params"], bool) else None
-        before = train.get("start_epoch") if isinstance(train.get("start_epoch"), int) else 0
+        params, before = run_facts(cfg)
         verdict = judge(goal or Goal(), epochs, params, before)
         state = str(status.get("status", "unknown" if not epochs else "interrupted"))
         return {

@@ -355,8 +355,9 @@ def _fit(space: dict, runs_dir: Path, name: str, folder: Path, log) -> None:
     from ray.tune.search import ConcurrencyLimiter  # as above
     from ray.tune.search.optuna import OptunaSearch  # as above
 
-    goal = Goal(accuracy=float(space["goal"]), last=min(3, base_recipe(space["recipe"]).epochs),
-                max_epochs=max(15, base_recipe(space["recipe"]).epochs), max_params=space["budget"])
+    epochs = base_recipe(space["recipe"]).epochs
+    goal = Goal(accuracy=float(space["goal"]), last=min(3, epochs), max_epochs=max(15, epochs),
+                max_params=space["budget"])
     total = space["trials"]
     done: list[dict] = []
 
@@ -403,7 +404,7 @@ def _fit(space: dict, runs_dir: Path, name: str, folder: Path, log) -> None:
                                     # max_t past the last epoch: a trial that reaches it ends by itself, after
                                     # its last checkpoint and card, not at the report before them
                                     scheduler=ASHAScheduler(time_attr="epoch", grace_period=1,
-                                                            max_t=base_recipe(space["recipe"]).epochs + 1)),
+                                                            max_t=epochs + 1)),
         run_config=tune.RunConfig(name=name, storage_path=str(folder / "ray"), verbose=0, callbacks=[Reporter()],
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
