@@ -250,11 +250,6 @@ def load_run_checkpoint(model, path):
 '''
 
 
-def _settings(run: Run, t: TrainConfig) -> dict:
-    return {"EPOCHS": t.epochs, "LIMIT_TRAIN": t.limit_train, "LIMIT_TEST": t.limit_test, "VAL_SPLIT": t.val_split,
-            "BATCH_SIZE": t.batch_size, "SEED": t.seed, "LABEL_SMOOTHING": t.label_smoothing,
-            "CLIP_GRAD": t.clip_grad, "EMA": t.ema, "AUGMENTATION": t.augmentation()}
-
 
 def _sections(run: Run) -> dict[str, str]:
     cfg, t = run.model_config(), run.train_config()
@@ -279,9 +274,13 @@ def _sections(run: Run) -> dict[str, str]:
 
 
 def _constants(run: Run) -> str:
+    """The recipe's fixed settings as constants (epochs and the data's limits are the command line's
+    or the notebook's first cell's)."""
     t = run.train_config()
-    lines = [f"{k} = {v!r}" for k, v in _settings(run, t).items() if k not in ("EPOCHS", "LIMIT_TRAIN", "LIMIT_TEST")]
-    return "# the run's recipe\n" + "\n".join(lines) + "\n"
+    constants = {"VAL_SPLIT": t.val_split, "BATCH_SIZE": t.batch_size, "SEED": t.seed,
+                 "LABEL_SMOOTHING": t.label_smoothing, "CLIP_GRAD": t.clip_grad, "EMA": t.ema,
+                 "AUGMENTATION": t.augmentation()}
+    return "# the run's recipe\n" + "\n".join(f"{k} = {v!r}" for k, v in constants.items()) + "\n"
 
 
 def _prepare_code(indent: str = "") -> str:
