@@ -457,7 +457,7 @@ def cmd_sweep(args) -> int:
                if getattr(args, k) is not None}
     space = sweep.check_space({**space, **changes})
     print(f"sweep: {space['trials']} trials, {space['concurrent']} at once, budget {space['budget']:,} parameters, "
-          f"objective {space['objective']}, goal {space['goal']:g}%", flush=True)
+          f"objective {space['objective']}, goal {space['goal']:g}%, {sweep.early_stop_text(space)}", flush=True)
     folder = sweep.run_sweep(space, runs_dir(), args.name, args.address, log=lambda line: print(line, flush=True))
     print(folder)
     return 0

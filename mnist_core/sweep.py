@@ -7,7 +7,8 @@ A space file (JSON) says what to search:
       "params": {"w1": {"int": [4, 12]}, "w2": {"int": [8, 16]}, "w3": {"int": [8, 24]},
                  "lr": {"log": [0.02, 0.3]}, "batch_size": {"choice": [64, 128]}},
       "recipe": {"preset": "quick", "epochs": 1, "limit_train": 2000, "limit_test": 1000},
-      "budget": 8000, "objective": "accuracy", "goal": 99.4, "trials": 3, "concurrent": 2
+      "budget": 8000, "objective": "accuracy", "goal": 99.4, "trials": 3, "concurrent": 2,
+      "early_stop": {"grace": 1, "reduction": 3}
     }
 
 Each template is a layer list in the one-line text form with `{name}` placeholders; each entry of
@@ -18,6 +19,9 @@ or a recipe setting (a TrainConfig field). Kinds: {"int": [lo, hi]}, {"float": [
 hard constraint: a trial whose model is over it is rejected before any training. Objectives:
 "accuracy" (the best last-epochs minimum under the budget) or "params" (the fewest parameters that
 reach the goal); either way the sweep reports the Pareto front of parameters against accuracy.
+"early_stop" sets ASHA: no trial is stopped before `grace` epochs (default: a third of the epochs),
+and at each rung (grace, grace x reduction, ...) only the best 1/`reduction` (default 3) go on;
+{"grace": 0} turns early stopping off.
 
 Every trained trial is an ordinary run in the runs folder (config, metrics, checkpoints, card),
 named <sweep>-t<N> and tagged with its sweep. The sweep's own folder, runs/.sweeps/<name>/, holds
@@ -82,7 +86,7 @@ def check_space(space) -> dict:
     if not isinstance(space, dict):
         raise SweepError("the space must be a JSON object with templates, params and recipe")
     unknown = set(space) - {"about", "templates", "params", "recipe", "budget", "objective", "goal", "trials",
-                            "concurrent", "name"}
+                            "concurrent", "name", "early_stop"}
     if unknown:
         raise SweepError(f"unknown key(s) in the space: {', '.join(sorted(unknown))}")
     templates = space.get("templates")
@@ -113,6 +117,7 @@ def check_space(space) -> dict:
     g = out["goal"]
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 < g <= 100:
         raise SweepError(f"goal must be a test accuracy above 0 and at most 100, got {g!r}")
+    out["early_stop"] = check_early_stop(space.get("early_stop", {}), recipe.epochs)
     smallest = smallest_model(out)
     if smallest is None:
         raise SweepError("no model in this space is valid: " + first_problem(out))
@@ -126,6 +131,19 @@ def check_space(space) -> dict:
                     replace(recipe, **{name: value})
                 except ConfigError as e:
                     raise SweepError(f"params {name}: {e}") from None
+    return out
+
+
+def check_early_stop(d, epochs: int) -> dict:
+    """ASHA's grace (epochs before any stop; 0: none) and reduction factor, the defaults filled in."""
+    if not isinstance(d, dict) or set(d) - {"grace", "reduction"}:
+        raise SweepError("early_stop must be an object with grace (epochs) and reduction, e.g. "
+                         "{\"grace\": 5, \"reduction\": 3}")
+    out = {"grace": d.get("grace", max(1, epochs // 3)), "reduction": d.get("reduction", 3)}
+    for key, lo in (("grace", 0), ("reduction", 2)):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 1000:
+            raise SweepError(f"early_stop {key} must be a whole number from {lo} to 1000, got {v!r}")
     return out
 
 
@@ -351,7 +369,6 @@ def _connect(address: str | None):
 
 def _fit(space: dict, runs_dir: Path, name: str, folder: Path, log) -> None:
     from ray import tune  # heavy, as above
-    from ray.tune.schedulers import ASHAScheduler  # as above
     from ray.tune.search import ConcurrencyLimiter  # as above
     from ray.tune.search.optuna import OptunaSearch  # as above
 
@@ -401,10 +418,7 @@ def _fit(space: dict, runs_dir: Path, name: str, folder: Path, log) -> None:
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=search_space(space),
         tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=total, search_alg=searcher,
-                                    # max_t past the last epoch: a trial that reaches it ends by itself, after
-                                    # its last checkpoint and card, not at the report before them
-                                    scheduler=ASHAScheduler(time_attr="epoch", grace_period=1,
-                                                            max_t=epochs + 1)),
+                                    scheduler=scheduler(space["early_stop"], epochs)),
         run_config=tune.RunConfig(name=name, storage_path=str(folder / "ray"), verbose=0, callbacks=[Reporter()],
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
@@ -417,6 +431,25 @@ def _fit(space: dict, runs_dir: Path, name: str, folder: Path, log) -> None:
         log(f"  {t['params']:>7,} params  {t['last_min']:.2f}%  {t['run']}  {t.get('layers', '')}")
     if not front:
         log("  (no finished trial)")
+
+
+def early_stop_text(space: dict) -> str:
+    grace, reduction = space["early_stop"]["grace"], space["early_stop"]["reduction"]
+    if not grace or grace >= base_recipe(space["recipe"]).epochs:
+        return "no early stopping"
+    return f"ASHA stops the trials outside the best 1/{reduction} after {grace}, {grace * reduction}, ... epochs"
+
+
+def scheduler(early_stop: dict, epochs: int):
+    """ASHA on the epoch count, or Tune's FIFO (no early stopping) for a grace of 0 or past the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # heavy, as above
+
+    if not early_stop["grace"] or early_stop["grace"] >= epochs:
+        return FIFOScheduler()
+    # max_t past the last epoch: a trial that reaches it ends by itself, after its last checkpoint and
+    # card, not at the report before them
+    return ASHAScheduler(time_attr="epoch", grace_period=early_stop["grace"], reduction_factor=early_stop["reduction"],
+                         max_t=epochs + 1)
 
 
 def _error_line(trial) -> str:
