@@ -12,6 +12,7 @@ pages = [
     st.Page("views/train.py", title="Train", icon="🏋️"),
     st.Page("views/draw.py", title="Draw", icon="✏️"),
     st.Page("views/runs.py", title="Runs", icon="📊"),
+    st.Page("views/sweep.py", title="Sweeps", icon="🔎"),
 ]
 page = st.navigation(pages)
 
@@ -30,11 +31,13 @@ with st.sidebar:
     )
     from views.common import active_run_name
 
-    from mnist_core import lab
+    from mnist_core import lab, sweep
 
     st.caption(f"Goal: **{lab.goal().text()}** (set it on Home).")
     name = active_run_name()
-    if name:
+    if name and (running := sweep.active(lab.runs_dir())) is not None:
+        st.info(f"Sweep **{running.name}** is running in the background.", icon="🔎")
+    elif name:
         st.info(f"Training **{name}** in the background.", icon="⏳")
 
 page.run()

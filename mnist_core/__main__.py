@@ -206,6 +206,9 @@ def build_parser() -> Parser:
     p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--name", help="the sweep's name (default sweep-<date>-<time>)")
     p.add_argument("--status", type=Path, metavar="DIR", help="read a sweep again: its folder or its name")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="go on with an interrupted or stopped sweep (its folder "
+                   "or its name): the trials still to run, the search starting from every recorded result")
+    p.add_argument("--from-dir", type=Path, help=argparse.SUPPRESS)  # the app's sweep process: a prepared folder
 
     p = sub.add_parser("predict", help="read digits from image files")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the bundled model)")
@@ -436,15 +439,26 @@ def cmd_app(args) -> int:
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_args], cwd=PROJECT)
 
 
+def sweep_folder(given: Path) -> Path:
+    """A sweep's folder from its path or its name; UserError when it is not one."""
+    folder = given if given.is_dir() else sweep.sweep_dir(runs_dir(), str(given))
+    if not (folder / "spec.json").is_file():
+        raise UserError(f"{given}: not a sweep (no spec.json); the sweeps are in {runs_dir() / sweep.SWEEPS}")
+    return folder
+
+
 def cmd_sweep(args) -> int:
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.from_dir is not None or args.resume is not None:
+        sweep.run(sweep_folder(args.from_dir or args.resume), resume=args.resume is not None, log=log)
+        return 0
     if args.status is not None:
-        folder = args.status if args.status.is_dir() else sweep.sweep_dir(runs_dir(), str(args.status))
-        if not (folder / "spec.json").is_file():
-            raise UserError(f"{args.status}: not a sweep (no spec.json)")
+        folder = sweep_folder(args.status)
         state = sweep.status(folder)
-        trials = sweep.read_trials(folder)
-        print(f"sweep {folder.name}: {state.get('status', 'unknown')}, {len(trials)} of {state.get('trials', '?')} "
-              f"trials finished" + (f" ({state['reason']})" if state.get("reason") else ""))
+        trials = sweep.trial_table(folder)
+        ended = sum(t.get("status") in sweep.DONE for t in trials)
+        print(f"sweep {folder.name}: {state.get('status', 'unknown')}, {ended} of {state.get('trials', '?')} "
+              f"trials ended" + (f" ({state['reason']})" if state.get("reason") else ""))
         print(sweep.table(trials))
         print("\nPareto front:")
         for t in sweep.pareto(trials):
@@ -458,7 +472,7 @@ def cmd_sweep(args) -> int:
     space = sweep.check_space({**space, **changes})
     print(f"sweep: {space['trials']} trials, {space['concurrent']} at once, budget {space['budget']:,} parameters, "
           f"objective {space['objective']}, goal {space['goal']:g}%, {sweep.early_stop_text(space)}", flush=True)
-    folder = sweep.run_sweep(space, runs_dir(), args.name, args.address, log=lambda line: print(line, flush=True))
+    folder = sweep.run_sweep(space, runs_dir(), args.name, args.address, log=log)
     print(folder)
     return 0
 

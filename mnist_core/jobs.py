@@ -123,8 +123,10 @@ def _lock(runs_dir: Path, doing: str) -> int:
 @contextlib.contextmanager
 def hold(runs_dir: Path, label: str):
     """The runs folder's training lock for this process, for as long as the block runs (a sweep):
-    Start in the app says Busy meanwhile, and a sweep waits for no training. Busy if it is taken."""
-    fd = _lock(Path(runs_dir), "cannot take the training lock")
+    Start in the app says Busy meanwhile, and a sweep waits for no training. Busy if it is taken.
+    A process the app started (start_sweep) holds the lock already: it keeps the one it inherited."""
+    inherited = os.environ.pop(LOCK_FD_ENV, "")  # popped: Ray's workers must not think they hold it
+    fd = int(inherited) if inherited.isdigit() else _lock(Path(runs_dir), "cannot take the training lock")
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, label.encode(), 0)
@@ -145,6 +147,30 @@ def _spawn(runs: list[Run], fd: int, log) -> subprocess.Popen:
         pass_fds=(fd,), start_new_session=True,  # survives the app; holds the lock
         env={**os.environ, LOCK_FD_ENV: str(fd)},
     )
+
+
+def start_sweep(runs_dir: Path, folder: Path, resume: bool = False) -> int:
+    """Start the sweep prepared in `folder` (sweep.create) in a process of its own, like a training:
+    `python -m mnist_core sweep --from-dir FOLDER` (or --resume FOLDER), its output in FOLDER/sweep.log. The
+    lock is taken here and handed over, so two clicks cannot start two. Busy when it is taken; the pid."""
+    runs_dir = Path(runs_dir)
+    fd = _lock(runs_dir, "cannot start the sweep")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, folder.name.encode(), 0)
+        cmd = [sys.executable, "-m", "mnist_core", "sweep", "--resume" if resume else "--from-dir", str(folder)]
+        try:
+            with open(folder / "sweep.log", "ab") as log:
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(fd,),
+                    start_new_session=True, env={**os.environ, LOCK_FD_ENV: str(fd)})
+        except OSError as e:
+            raise RunError(f"cannot start the sweep: {describe_os_error(e)}") from None
+        _children[proc.pid] = proc
+        threading.Thread(target=proc.wait, daemon=True).start()  # reaped: never a zombie that reads as alive
+        return proc.pid
+    finally:
+        os.close(fd)  # the child's inherited copy keeps the lock
 
 
 def announce(name: str) -> None:
@@ -185,7 +211,9 @@ def pid_alive(pid) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc (not Linux): trust the signal check
-    return stat.split(")")[-1].split()[0] != "Z" and (b"mnist_core" in cmdline or b"mnist-lab" in cmdline)
+    # ours: the training command, the app's entry point, or a sweep's trial in a Ray worker
+    return stat.split(")")[-1].split()[0] != "Z" and (
+        b"mnist_core" in cmdline or b"mnist-lab" in cmdline or cmdline.startswith(b"ray::"))
 
 
 def status(run: Run) -> dict:

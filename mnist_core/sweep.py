@@ -38,6 +38,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from dataclasses import fields, replace
@@ -49,10 +50,10 @@ import torch
 from mnist_core import jobs
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
 from mnist_core.data import load_mnist
-from mnist_core.files import atomic_write_json, read_json
+from mnist_core.files import atomic_write_json, describe_os_error, read_json
 from mnist_core.goal import Goal, judge
 from mnist_core.runner import train_run, write_card
-from mnist_core.runs import NAME_RE, Run, check_run_name
+from mnist_core.runs import NAME_RE, Run, RunError, check_run_name, list_runs
 
 SWEEPS = ".sweeps"
 KINDS = ("int", "float", "log", "choice")
@@ -264,11 +265,17 @@ def read_trials(folder: Path) -> list[dict]:
 
 
 def status(folder: Path) -> dict:
-    """status.json, a sweep whose process is gone reading as interrupted."""
+    """status.json as it stands, except that a live sweep whose process is gone reads as
+    interrupted (it can be resumed), and one asked to stop as stopping."""
     d = read_json(Path(folder) / "status.json")
     d = d if isinstance(d, dict) else {}
-    if d.get("status") == "running" and not jobs.pid_alive(d.get("pid")):
-        d = {**d, "status": "interrupted", "reason": "the sweep's process ended before it finished"}
+    if d.get("status") in ("starting", "running") and not jobs.pid_alive(d.get("pid")):
+        d = read_json(Path(folder) / "status.json") or {}  # the process may have written its end meanwhile
+        if d.get("status") in ("starting", "running"):
+            d = {**d, "status": "interrupted", "reason": "the sweep's process ended before it finished: resume it, "
+                 "or read what it found"}
+    if d.get("status") == "running" and (Path(folder) / STOP).exists():
+        d = {**d, "status": "stopping"}
     return d
 
 
@@ -306,31 +313,184 @@ def search_space(space: dict) -> dict:
     return out
 
 
-def run_sweep(space: dict, runs_dir: Path, name: str | None = None, address: str | None = None, log=print) -> Path:
-    """Run the sweep to its end; returns its folder. Holds the training lock of runs_dir throughout."""
-    runs_dir = Path(runs_dir)
-    name = check_run_name(name) if name else "sweep-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = sweep_dir(runs_dir, name)
-    if folder.exists():
-        raise SweepError(f"a sweep named {name!r} exists already in {runs_dir / SWEEPS}")
-    with jobs.hold(runs_dir, name):
-        ray = _connect(address)
-        folder.mkdir(parents=True)
+# -- running --------------------------------------------------------------------------------------
+#
+# A sweep is one process (the command, or one the app starts with jobs.start_sweep) that holds the
+# runs folder's training lock from start to end and drives Ray Tune; its folder says how it stands:
+#   spec.json     the checked space
+#   status.json   starting | running | finished | stopped | failed (+ pid, reason, times, address);
+#                 running with its process gone reads as interrupted, with STOP present as stopping
+#   trials.jsonl  one line per ended trial: its run, params, accuracy, verdict, status, reason,
+#                 and the point of the space with its score (what a resumed search starts from)
+#   STOP          present = please stop: running trials end after their batch, none starts
+# Resuming starts a new Tune experiment for the trials still to run, its TPE warm-started with
+# every recorded point and score: nothing of Tune's own state is needed, on a laptop or a cluster.
+
+STOP = "STOP"
+LIVE = ("starting", "running", "stopping")
+DONE = ("finished", "stopped", "failed", "rejected", "invalid")  # trials that count toward the total
+
+
+def search_space(space: dict) -> dict:
+    from ray import tune  # heavy: only a sweep needs Ray
+
+    out = {}
+    for name, d in space["params"].items():
+        kind, v = next(iter(d.items()))
+        out[name] = {"int": lambda: tune.randint(v[0], v[1] + 1), "float": lambda: tune.uniform(v[0], v[1]),
+                     "log": lambda: tune.loguniform(v[0], v[1]), "choice": lambda: tune.choice(v)}[kind]()
+    if len(space["templates"]) > 1:
+        out["template"] = tune.choice(list(range(len(space["templates"]))))
+    return out
+
+
+def new_name() -> str:
+    return "sweep-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def create(runs_dir: Path, space: dict, name: str | None = None, address: str | None = None) -> Path:
+    """The sweep's folder with its spec and a 'starting' status; SweepError when the name is taken
+    or the disk refuses (nothing is left half-made)."""
+    try:
+        name = check_run_name(name) if name else new_name()
+    except RunError as e:
+        raise SweepError(str(e).replace("run name", "sweep name")) from None
+    folder = sweep_dir(Path(runs_dir), name)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+    except FileExistsError:
+        raise SweepError(f"a sweep named {name!r} exists already in {folder.parent}: choose another name") from None
+    except OSError as e:
+        raise SweepError(f"cannot create the sweep's folder: {describe_os_error(e)}") from None
+    try:
         atomic_write_json(folder / "spec.json", space)
-        state = {"status": "running", "pid": os.getpid(), "started": _now(), "address": address or "local",
-                 "trials": space["trials"]}
-        atomic_write_json(folder / "status.json", state)
+        atomic_write_json(folder / "status.json", {"status": "starting", "trials": space["trials"],
+                                                   "address": address or None, "created": _now()})
+    except OSError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SweepError(f"cannot write the sweep's files: {describe_os_error(e)}") from None
+    return folder
+
+
+def run_sweep(space: dict, runs_dir: Path, name: str | None = None, address: str | None = None, log=print) -> Path:
+    """Create the sweep and run it to its end in this process; returns its folder. An unreachable
+    cluster is refused before anything is written."""
+    check_address(address)
+    folder = create(runs_dir, space, name, address)
+    run(folder, log=log)
+    return folder
+
+
+def start(runs_dir: Path, space: dict, name: str | None = None, address: str | None = None) -> Path:
+    """The app's Start: create the sweep and run it in a process of its own (it survives reloads,
+    page switches and the app). jobs.Busy when a training or a sweep holds the machine."""
+    check_address(address)
+    if holder := jobs.active(runs_dir):
+        raise jobs.Busy(f"{describe_holder(runs_dir, holder)} is running: stop it or wait for it to finish")
+    folder = create(runs_dir, space, name, address)
+    try:
+        pid = jobs.start_sweep(runs_dir, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _set_status(folder, status="starting", pid=pid)
+    return folder
+
+
+def resume(folder: Path) -> None:
+    """The app's Resume: an interrupted or stopped sweep goes on in a process of its own."""
+    folder = Path(folder)
+    state = status(folder).get("status")
+    if state in LIVE:
+        raise SweepError(f"sweep {folder.name} is {state}: nothing to resume")
+    if state == "finished":
+        raise SweepError(f"sweep {folder.name} has finished: all its trials ran")
+    check_address(status(folder).get("address"))
+    pid = jobs.start_sweep(folder.parent.parent, folder, resume=True)
+    _set_status(folder, status="starting", pid=pid, reason=None, ended=None)
+
+
+def request_stop(folder: Path) -> None:
+    """Ask a running sweep to stop: its trials end after their batch (checkpoint and card written),
+    no new trial starts, and the sweep can be resumed later."""
+    try:
+        (Path(folder) / STOP).touch()
+    except OSError as e:
+        raise SweepError(f"cannot ask the sweep to stop: {describe_os_error(e)}") from None
+
+
+def active(runs_dir: Path) -> Path | None:
+    """The folder of the sweep that holds the machine now, or None."""
+    holder = jobs.active(runs_dir)
+    if not holder or holder == "?":
+        return None
+    folder = Path(runs_dir) / SWEEPS / holder
+    return folder if (folder / "spec.json").is_file() else None
+
+
+def describe_holder(runs_dir: Path, holder: str) -> str:
+    return f"sweep {holder}" if (Path(runs_dir) / SWEEPS / holder / "spec.json").is_file() else f"a training ({holder})"
+
+
+def list_sweeps(runs_dir: Path) -> list[Path]:
+    """The sweeps' folders, newest first."""
+    root = Path(runs_dir) / SWEEPS
+    try:
+        found = [p for p in root.iterdir() if (p / "spec.json").is_file() and NAME_RE.match(p.name)]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (p / "spec.json").stat().st_mtime, reverse=True)
+
+
+def read_spec(folder: Path) -> dict:
+    """The sweep's space as checked again (the file is input: SweepError when it is not one)."""
+    spec = read_json(Path(folder) / "spec.json")
+    if spec is None:
+        raise SweepError(f"{folder}: not a sweep, or its spec.json is unreadable")
+    return check_space(spec)
+
+
+def _set_status(folder: Path, **changes) -> dict:
+    d = read_json(Path(folder) / "status.json")
+    d = {**(d if isinstance(d, dict) else {}), **changes}
+    d = {k: v for k, v in d.items() if v is not None}
+    atomic_write_json(Path(folder) / "status.json", d)
+    return d
+
+
+def run(folder: Path, resume: bool = False, log=print) -> str:
+    """The sweep in `folder`, in this process, to its end: 'finished' or 'stopped'. With resume, only
+    the trials still to run. Holds the training lock throughout."""
+    folder = Path(folder)
+    runs_dir, name = folder.parent.parent, folder.name
+    space = read_spec(folder)
+    with jobs.hold(runs_dir, name):
+        (folder / STOP).unlink(missing_ok=True)
+        before = status(folder)
+        address = before.get("address")
+        settle_runs(folder, "interrupted", "the sweep's process ended while this trial trained")
+        state = _set_status(folder, status="running", pid=os.getpid(), started=before.get("started") or _now(),
+                            resumed=_now() if resume else None, reason=None, ended=None)
         try:
-            _fit(space, runs_dir, name, folder, log)
+            ray = _connect(address)
+        except SweepError as e:
+            _set_status(folder, status="failed", reason=str(e), ended=_now())
+            raise
+        try:
+            ended = _fit(space, folder, log)
         except BaseException as e:
-            atomic_write_json(folder / "status.json", {**state, "status": "failed" if not isinstance(
-                e, KeyboardInterrupt) else "interrupted", "reason": str(e).splitlines()[0][:300] if str(e) else
-                type(e).__name__, "ended": _now()})
+            why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            _set_status(folder, status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                        reason=why, ended=_now())
             raise
         finally:
             ray.shutdown()
-        atomic_write_json(folder / "status.json", {**state, "status": "finished", "ended": _now()})
-    return folder
+            settle_runs(folder, "stopped", "the sweep ended while this trial trained")
+        _set_status(folder, status=ended, ended=_now(),
+                    reason="stopped from the page or the command line: it can be resumed" if ended == "stopped"
+                    else None)
+        return ended
 
 
 def _now() -> str:
@@ -350,11 +510,17 @@ def reachable(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _connect(address: str | None):
+def check_address(address: str | None) -> None:
+    """SweepError at once when the cluster named (or RAY_ADDRESS's) does not answer."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and not reachable(address):
         raise SweepError(f"cannot reach the Ray cluster at {address}: nothing answers there (start it with "
-                         "`ray start --head`, or leave out --address and RAY_ADDRESS for a local Ray)")
+                         "`ray start --head`, or leave the address and RAY_ADDRESS empty for a local Ray)")
+
+
+def _connect(address: str | None):
+    check_address(address)
+    address = address or os.environ.get("RAY_ADDRESS") or None
     import ray  # heavy: only a sweep needs Ray, and only once it has somewhere to run
 
     try:
@@ -367,72 +533,108 @@ def _connect(address: str | None):
     return ray
 
 
-def _fit(space: dict, runs_dir: Path, name: str, folder: Path, log) -> None:
+def _fit(space: dict, folder: Path, log) -> str:
+    """Tune runs the trials not yet recorded; 'stopped' when STOP ended it, else 'finished'."""
     from ray import tune  # heavy, as above
     from ray.tune.search import ConcurrencyLimiter  # as above
     from ray.tune.search.optuna import OptunaSearch  # as above
 
+    runs_dir, name = folder.parent.parent, folder.name
     epochs = base_recipe(space["recipe"]).epochs
     goal = Goal(accuracy=float(space["goal"]), last=min(3, epochs), max_epochs=max(15, epochs),
                 max_params=space["budget"])
     total = space["trials"]
-    done: list[dict] = []
+    recorded = read_trials(folder)
+    todo = total - sum(t.get("status") in DONE for t in recorded)
+    if todo <= 0:
+        _summary(folder, log)
+        return "finished"
+    seen = [t for t in recorded if isinstance(t.get("config"), dict) and isinstance(t.get("score"), (int, float))]
 
-    class Reporter(tune.Callback):
-        """One line per finished trial, and the trial table on disk as it grows."""
+    class Watch(tune.Callback, tune.Stopper):
+        """One line per ended trial and the trial table on disk as it grows; and the stop request:
+        the experiment ends once STOP is present and no trial is still finishing its batch."""
+
+        def __init__(self):
+            self.started: dict[str, float] = {}
+            self.busy = False
+
+        def on_step_begin(self, iteration, trials, **info):
+            self.busy = any(t.status == "RUNNING" for t in trials)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started[trial.trial_id] = time.time()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._record(trial)
+            self.record(trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._record(trial, error=True)
+            self.record(trial, error=True)
 
-        def _record(self, trial, error=False):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return (folder / STOP).exists() and not self.busy
+
+        def record(self, trial, error=False):
             last = dict(trial.last_result or {})
-            row = {k: last.get(k) for k in ("run", "params", "layers", "last_min", "final", "verdict", "reason")}
-            row.update(trial=trial.trial_id, seconds=round(time.time() - started[trial.trial_id], 1)
-                       if trial.trial_id in started else 0.0)
+            if last.get("state") == "cancelled":
+                return  # never started: a resumed sweep runs it
+            row = {k: last.get(k) for k in ("run", "params", "layers", "epoch", "last_min", "final", "verdict",
+                                            "reason", "score")}
+            row.update(trial=trial.trial_id, config=dict(trial.config),
+                       seconds=round(time.time() - self.started.get(trial.trial_id, time.time()), 1))
             if error:
-                row["status"], row["reason"] = "failed", _error_line(trial)
+                row["status"], row["reason"], row["score"] = "failed", _error_line(trial), PENALTY
+                row["layers"] = row["layers"] or trial_settings(space, trial.config)[0]
             else:
                 row["status"] = last.get("state", "finished")
             if row["status"] == "finished" and last.get("epoch", 0) < last.get("epochs", 0):
                 row["status"], row["reason"] = "stopped", "stopped early by ASHA: it could not catch up"
             _mark_run(runs_dir, row)
-            if row.get("run") and (ran := Run(Path(runs_dir) / row["run"])).path.is_dir():
-                state = ran.status  # what the run itself says: stopped by the scheduler, failed, finished
+            if row.get("run") and (ran := Run(runs_dir / row["run"])).path.is_dir():
+                state = ran.status  # what the run itself says: stopped by the scheduler or the sweep, failed
                 if state.get("status") in ("stopped", "failed"):
                     row["status"], row["reason"] = state["status"], state.get("reason") or row.get("reason")
-            done.append(row)
+                if state.get("status") == "stopped" and (folder / STOP).exists() and last.get("epoch", 0) < last.get(
+                        "epochs", 1):  # cut short by the sweep's stop: not a result, and a resumed sweep runs another
+                    row["status"], row["reason"] = "interrupted", "the sweep was stopped while this trial trained"
             with open(folder / "trials.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            log(trial_line(row, len(done), total, goal.last))
+            log(trial_line(row, len(read_trials(folder)), total, goal.last))
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            started[trial.trial_id] = time.time()
-
-    started: dict[str, float] = {}
-    trainable = tune.with_parameters(_trial, space=space, runs_dir=str(runs_dir), sweep=name, goal=goal)
-    searcher = ConcurrencyLimiter(OptunaSearch(seed=1), max_concurrent=space["concurrent"])
+    watch = Watch()
+    trainable = tune.with_parameters(_trial, space=space, runs_dir=str(runs_dir), sweep=name,
+                                     folder=str(folder), goal=goal)
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(seed=1 + len(seen), points_to_evaluate=[t["config"] for t in seen] or None,
+                     evaluated_rewards=[t["score"] for t in seen] or None),
+        max_concurrent=space["concurrent"])
+    experiment = name if not recorded and not (folder / "ray").exists() else f"{name}-{dt.datetime.now():%H%M%S}"
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=search_space(space),
-        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=total, search_alg=searcher,
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=todo, search_alg=searcher,
                                     scheduler=scheduler(space["early_stop"], epochs)),
-        run_config=tune.RunConfig(name=name, storage_path=str(folder / "ray"), verbose=0, callbacks=[Reporter()],
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+        run_config=tune.RunConfig(name=experiment, storage_path=str(folder / "ray"), verbose=0, callbacks=[watch],
+                                  stop=watch, failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
     tuner.fit()
+    _summary(folder, log)
+    return "stopped" if (folder / STOP).exists() else "finished"
+
+
+def _summary(folder: Path, log) -> None:
+    trials = read_trials(folder)
     log("")
-    log(table(done))
-    front = pareto(done)
+    log(table(trials))
+    front = pareto(trials)
     log("\nPareto front (fewest parameters for each accuracy):")
     for t in front:
         log(f"  {t['params']:>7,} params  {t['last_min']:.2f}%  {t['run']}  {t.get('layers', '')}")
     if not front:
         log("  (no finished trial)")
-
-
 def early_stop_text(space: dict) -> str:
     grace, reduction = space["early_stop"]["grace"], space["early_stop"]["reduction"]
     if not grace or grace >= base_recipe(space["recipe"]).epochs:
@@ -472,7 +674,68 @@ def _mark_run(runs_dir: Path, row: dict) -> None:
                        reason=row.get("reason") or "the sweep ended this trial")
 
 
+def sweep_runs(folder: Path) -> list[Run]:
+    """The runs of the sweep's trials, newest first."""
+    return [r for r in list_runs(Path(folder).parent.parent) if r.config.get("sweep") == Path(folder).name]
+
+
+def settle_runs(folder: Path, state: str, reason: str) -> None:
+    """The sweep's runs left 'running' by a process that is gone (a killed sweep, a trial Tune
+    ended) get their final status and card, and an 'interrupted' line in the trial table: cut
+    short, they are not results, and a resumed sweep runs other trials in their place."""
+    recorded = {t.get("run") for t in read_trials(folder)}
+    for run in sweep_runs(folder):
+        if run.name in recorded or run.status.get("status") != "running" or jobs.pid_alive(run.status.get("pid")):
+            continue
+        try:
+            run.set_status(state, reason=reason)
+            write_card(run)
+        except OSError:
+            continue  # a full disk: the run reads as interrupted all the same
+        epochs = run.epochs()
+        with open(Path(folder) / "trials.jsonl", "a") as f:
+            f.write(json.dumps({"run": run.name, "status": "interrupted", "reason": reason, "params": _params(run),
+                                "layers": _layers(run), "epoch": len(epochs), "last_min": None}) + "\n")
+
+
+def _params(run: Run) -> int | None:
+    try:
+        return run.model_config().params
+    except (ConfigError, KeyError, TypeError):
+        return None
+
+
+def _layers(run: Run) -> str:
+    try:
+        return run.model_config().text()
+    except (ConfigError, KeyError, TypeError):
+        return ""
+
+
+def trial_table(folder: Path) -> list[dict]:
+    """The recorded trials, then those training now (from their runs), each with its epoch count."""
+    rows = read_trials(folder)
+    recorded = {t.get("run") for t in rows}
+    live = []
+    for run in sweep_runs(folder):
+        if run.name in recorded:
+            continue
+        state = jobs.status(run)
+        epochs = run.epochs()
+        accs = [e["test_acc"] for e in epochs[-3:]]
+        live.append({"run": run.name, "status": str(state.get("status", "unknown")), "params": _params(run),
+                     "layers": _layers(run), "epoch": len(epochs),
+                     "last_min": min(accs) if accs else None, "epochs": run.config.get("train", {}).get("epochs")})
+    by_run = {r.name: r for r in sweep_runs(folder)}
+    for row in rows:  # epochs trained, for the table
+        if row.get("epoch") is None and row.get("run") in by_run:
+            row["epoch"] = len(by_run[row["run"]].epochs())
+    return rows + live
+
+
 PENALTY = -1000.0  # the score of a trial that was not trained: the search learns to stay away
+
+
 
 
 def screen(space: dict, text: str) -> tuple[ModelConfig | None, dict | None]:
@@ -488,13 +751,20 @@ def screen(space: dict, text: str) -> tuple[ModelConfig | None, dict | None]:
     return model, None
 
 
-def _trial(config: dict, space: dict, runs_dir: str, sweep: str, goal: Goal) -> None:
+
+
+def _trial(config: dict, space: dict, runs_dir: str, sweep: str, folder: str, goal: Goal) -> None:
     """One trial, in a Ray worker: the model over budget or invalid is reported and not trained;
     otherwise an ordinary run whose epochs are reported to Tune, which may stop it early. The last
-    epoch is reported after the run has written its checkpoints and card."""
+    epoch is reported after the run has written its checkpoints and card. The sweep's STOP ends the
+    training after its batch, and keeps a trial that had not started from starting."""
     from ray import tune  # heavy: in the worker process
 
     torch.set_num_threads(1)  # trials share the cores: one thread each
+    stop_file = Path(folder) / STOP
+    if stop_file.exists():
+        tune.report({"score": PENALTY, "state": "cancelled", "epoch": 0})
+        return
     text, recipe = trial_settings(space, config)
     model, refusal = screen(space, text)
     if refusal is not None:
@@ -516,14 +786,20 @@ def _trial(config: dict, space: dict, runs_dir: str, sweep: str, goal: Goal) -> 
     def progress(record):
         if record["kind"] == "epoch":
             epochs.append(record)
-            if record["epoch"] < recipe.epochs:
+            if record["epoch"] < recipe.epochs and not stop_file.exists():
                 tune.report(result())
 
     try:
-        train_run(run, load_mnist(), progress=progress)
+        train_run(run, load_mnist(), progress=progress, should_stop=stop_file.exists)
     except SystemExit:  # Tune ends a trial its scheduler stops by raising SystemExit at a report
         run.set_status("stopped", reason="stopped early by the sweep's scheduler (ASHA): it could not catch up")
         write_card(run)
         raise
+    if run.status.get("status") == "stopped" and stop_file.exists():
+        run.set_status("stopped", reason="the sweep was stopped")
+        write_card(run)
     if epochs:
         tune.report(result())
+    else:
+        tune.report({"score": PENALTY, "state": "stopped", "epoch": 0, "run": run.name, "params": model.params,
+                     "layers": text, "reason": "the sweep was stopped before its first epoch ended"})

@@ -2,11 +2,14 @@
 Ray starts in about 7 s here; each sweep starts it once)."""
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from mnist_core import sweep
+from mnist_core import jobs, sweep
 from mnist_core.__main__ import main
 from mnist_core.runs import Run
 
@@ -94,7 +97,7 @@ def test_the_tiny_sweep_writes_three_runs_and_a_pareto_table(capsys, tmp_path, m
     assert all(r.status["status"] == "finished" for r in runs)
     assert main(["sweep", "--status", "tiny"]) == 0
     again = capsys.readouterr().out
-    assert again.startswith("sweep tiny: finished, 3 of 3 trials finished") and "Pareto front" in again
+    assert again.startswith("sweep tiny: finished, 3 of 3 trials ended") and "Pareto front" in again
 
 
 @pytest.mark.process  # Ray, two trials that crash
@@ -110,3 +113,50 @@ def test_a_crashed_trial_is_marked_failed_and_the_sweep_finishes(capsys, tmp_pat
     assert [t["status"] for t in trials] == ["failed", "failed"]
     assert all("larger than the training set" in t["reason"] for t in trials)
     assert sweep.status(runs_dir / sweep.SWEEPS / "crash")["status"] == "finished"
+
+
+def wait_for(what, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while not (found := what()):
+        assert time.monotonic() < deadline, "waited too long"
+        time.sleep(0.3)
+    return found
+
+
+@pytest.mark.process  # Ray three times, four short trainings
+def test_a_sweep_is_stopped_then_killed_and_resumed_with_every_finished_trial_kept(capsys, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(runs_dir))
+    checked = sweep.check_space(space(trials=3, concurrent=1))
+    folder = sweep.start(runs_dir, checked, "halted")  # in a process of its own, as the app starts it
+    assert sweep.active(runs_dir) == folder
+    with pytest.raises(jobs.Busy):  # one sweep or training at a time
+        sweep.start(runs_dir, checked, "second")
+    assert not (runs_dir / sweep.SWEEPS / "second").exists()
+
+    # Stop while a trial trains: it ends after its batch, reads stopped, and is not counted as a result
+    training = wait_for(lambda: next((r for r in sweep.sweep_runs(folder) if r.status.get("status") == "running"
+                                      and any(m["kind"] == "batch" for m in r.metrics())), None))
+    sweep.request_stop(folder)
+    wait_for(lambda: sweep.status(folder)["status"] == "stopped")
+    assert Run(training.path).status["status"] == "stopped"
+    rows = {t["run"]: t for t in sweep.read_trials(folder)}
+    assert rows[training.name]["status"] == "interrupted" and "stopped" in rows[training.name]["reason"]
+    assert sweep.active(runs_dir) is None
+
+    # Resume, then kill the sweep's process once a trial has finished: it reads interrupted
+    sweep.resume(folder)
+    wait_for(lambda: any(t["status"] == "finished" for t in sweep.read_trials(folder)))
+    os.killpg(sweep.status(folder)["pid"], signal.SIGKILL)
+    wait_for(lambda: sweep.status(folder)["status"] == "interrupted", 30)
+    kept = [t["run"] for t in sweep.read_trials(folder) if t["status"] == "finished"]
+
+    # Resume from the command line: it runs only what is left, and every finished trial stays
+    assert main(["sweep", "--resume", "halted"]) == 0, capsys.readouterr().err
+    trials = sweep.read_trials(folder)
+    assert sum(t["status"] in sweep.DONE for t in trials) == 3 and sweep.status(folder)["status"] == "finished"
+    assert set(kept) <= {t["run"] for t in trials if t["status"] == "finished"}
+    assert all(Run(runs_dir / n).status["status"] == "finished" for n in kept)
+    assert not any(r.status.get("status") == "running" for r in sweep.sweep_runs(folder))
+    with pytest.raises(sweep.SweepError, match="has finished"):
+        sweep.resume(folder)

@@ -91,7 +91,23 @@ RUNS = {
     "onnx_": "ONNX download, per run", "py_": "script download, per run", "nb_": "notebook download, per run",
 }
 
-KEYS = {**SHARED, **ARCHITECTURE, **TRAIN, **DRAW, **RUNS}
+SWEEP = {
+    "sw_from": "the space a new sweep starts from: an example or a sweep already run",
+    "sw_templates": "the layer-list templates, one per line", "sw_rows": "the searched settings the table starts from",
+    "sw_params_": "the table of searched settings (st.data_editor); the number is sw_params_n",
+    "sw_params_n": "a counter in the table's key: a loaded space gives the editor fresh rows",
+    "sw_preset": "the preset whose recipe the trials start from", "sw_epochs": "epochs per trial",
+    "sw_train": "training images per trial (0 = all)", "sw_test": "test images (0 = all)",
+    "sw_recipe_rest": "the loaded space's other recipe settings, kept as they are",
+    "sw_budget": "the parameter budget", "sw_objective": "accuracy or params", "sw_goal": "the goal, test %",
+    "sw_grace": "ASHA's grace epochs (0: no early stopping)", "sw_trials": "trials", "sw_concurrent": "trials at once",
+    "sw_address": "a Ray cluster's address (empty: local)", "sw_name": "the new sweep's name",
+    "sw_about": "the loaded space's description", "sw_download": "button",
+    "sw_shown": "the sweep shown", "sw_seen_running": "the running sweep last shown, to show a new one once",
+    "sw_stop": "button", "sw_resume": "button", "sw_chart": "chart", "sw_table": "the trial table",
+}
+
+KEYS = {**SHARED, **ARCHITECTURE, **TRAIN, **DRAW, **RUNS, **SWEEP}
 
 
 def declared(key: str) -> bool:

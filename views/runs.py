@@ -17,6 +17,11 @@ st.caption(f"Every run is judged against the goal: **{goal.text()}** (set it on 
            "*misses* it, and says why.")
 summaries = {r.name: lab.summary(r, goal) for r in runs}
 by_name = {r.name: r for r in runs}
+if (linked := st.query_params.get("run")) is not None:  # a link to one run (the Sweeps page's table)
+    del st.query_params["run"]
+    st.session_state.runs_next = linked
+if st.session_state.get("runs_next") in by_name:
+    st.info(f"Run **{st.session_state.runs_next}** is shown under *One run* below.", icon="👇")
 
 # -- groups of seeds --------------------------------------------------------------------------
 groups = lab.groups()
