@@ -588,6 +588,9 @@ def _fit(space: dict, folder: Path, log) -> str:
             if error:
                 row["status"], row["reason"], row["score"] = "failed", _error_line(trial), PENALTY
                 row["layers"] = row["layers"] or trial_settings(space, trial.config)[0]
+                if not row["run"] and (runs_dir / f"{name}-{trial.trial_id}").is_dir():  # died before reporting
+                    row["run"] = f"{name}-{trial.trial_id}"
+                    row["params"] = _params(Run(runs_dir / row["run"]))
             else:
                 row["status"] = last.get("state", "finished")
             if row["status"] == "finished" and last.get("epoch", 0) < last.get("epochs", 0):
@@ -655,11 +658,22 @@ def scheduler(early_stop: dict, epochs: int):
 
 
 def _error_line(trial) -> str:
-    """The last line of a failed trial's error (an exception's message, "out of memory", ...)."""
+    """Why a trial failed, in one line: its exception's message, or what became of its process."""
     try:
-        lines = Path(trial.error_file).read_text(errors="replace").strip().splitlines()
+        text = Path(trial.error_file).read_text(errors="replace").strip()
     except (OSError, TypeError):
         return "the trial failed"
+    return failure_reason(text)
+
+
+def failure_reason(text: str) -> str:
+    """One line from the error Ray recorded for a trial."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if any(m in text for m in ("OutOfMemoryError", "MemoryError", "can't allocate memory", "out of memory")):
+        detail = next((line for line in reversed(lines) if "memory" in line.lower()), "")
+        return ("out of memory: " + detail)[:300]
+    if "ActorDiedError" in text or "died unexpectedly" in text or "SYSTEM_ERROR" in text:
+        return "its process died (killed, or out of memory: the system's OOM killer leaves no message)"
     return (lines[-1] if lines else "the trial failed")[:300]
 
 

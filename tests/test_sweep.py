@@ -160,3 +160,19 @@ def test_a_sweep_is_stopped_then_killed_and_resumed_with_every_finished_trial_ke
     assert not any(r.status.get("status") == "running" for r in sweep.sweep_runs(folder))
     with pytest.raises(sweep.SweepError, match="has finished"):
         sweep.resume(folder)
+
+
+@pytest.mark.process  # Ray, two short trainings
+def test_a_trial_whose_process_is_killed_is_marked_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """What the system's OOM killer does to a trial: SIGKILL, no message."""
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("MNIST_LAB_RUNS", str(runs_dir))
+    folder = sweep.start(runs_dir, sweep.check_space(space(trials=2, concurrent=1)), "oom")
+    victim = wait_for(lambda: next((r for r in sweep.sweep_runs(folder) if r.status.get("status") == "running"
+                                    and any(m["kind"] == "batch" for m in r.metrics())), None))
+    os.kill(victim.status["pid"], signal.SIGKILL)
+    wait_for(lambda: sweep.status(folder)["status"] == "finished", 180)
+    rows = {t["run"]: t for t in sweep.read_trials(folder)}
+    assert rows[victim.name]["status"] == "failed" and "its process died" in rows[victim.name]["reason"]
+    assert Run(victim.path).status["status"] == "failed"
+    assert [t["status"] for t in rows.values() if t["run"] != victim.name] == ["finished"]
