@@ -56,7 +56,23 @@ def test_a_tiny_sweep_from_the_page_draws_its_chart_and_links_its_runs(browser, 
     # a reload shows the same sweep, read from its folder
     page.reload()
     expect(page.get_by_role("heading", name="page-tiny: finished")).to_be_visible()
-    # a trial's link opens its run on Runs
+    settle(page)
+    charts_drawn(page, "sw_chart")
+    # a click on a point of the chart opens its run on Runs
+    runs_heading = page.get_by_role("heading", name="Runs", exact=True)
+    for attempt in range(3):  # a click while plotly is still drawing its layers can miss: try again
+        box = page.locator(".st-key-sw_chart .scatterlayer .point").first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        try:
+            expect(runs_heading).to_be_visible(timeout=10_000 if attempt < 2 else WAIT)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+    clicked = page.get_by_role("combobox", name="Run", exact=True).input_value()
+    assert clicked in {t["run"] for t in trials}
+    expect(page.get_by_text(f"Run {clicked} is shown under One run below")).to_be_visible()
+    # the table's links are /runs?run=<name>: such a link opens that run
     first = trials[0]["run"]
     page.goto(f"{app_url}/runs?run={first}")
     expect(page.get_by_text(f"Run {first} is shown under One run below")).to_be_visible()
