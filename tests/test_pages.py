@@ -1,11 +1,12 @@
-"""The five pages under Streamlit's AppTest: each script runs headless against a fresh runs folder."""
+"""The six pages under Streamlit's AppTest: each script runs headless against a fresh runs folder."""
 
+import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_kit import button, chart_keys, page, texts, wait_idle
+from apptest_kit import button, chart_keys, made_run, page, texts, wait_idle
 
 from mnist_core import jobs
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
@@ -14,7 +15,8 @@ from mnist_core.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
 from mnist_core.runs import Run
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py"]
+PAGES = ["views/home.py", "views/architecture.py", "views/train.py", "views/draw.py", "views/runs.py",
+         "views/sweep.py"]
 
 
 def total(at: AppTest) -> str:
@@ -424,3 +426,45 @@ def test_notes_tags_and_rename_on_the_runs_page(app, runs_dir):
     app.text_input(key="tags_padded-1").set_value("a|b")
     app.button(key="notes_save_padded-1").click().run()
     assert any("tag 'a|b' is not allowed" in e for e in texts(app.error))
+
+
+# -- Sweeps ------------------------------------------------------------------------------------
+
+
+def test_sweep_form_starts_from_the_tiny_example_and_refuses_a_budget_below_the_space(app):
+    page(app, "views/sweep.py")
+    assert app.text_area(key="sw_templates").value.startswith("conv{w1}p1 bn relu")
+    assert any("3 trials, 2 at once" in c for c in texts(app.caption))
+    assert not button(app, "Start sweep").disabled
+    app.number_input(key="sw_budget").set_value(500).run()
+    assert any("below the smallest model in the space" in e for e in texts(app.error))
+    assert button(app, "Start sweep").disabled
+    app.selectbox(key="sw_from").select("example: sub8k").run()
+    assert app.text_area(key="sw_templates").value.count("\n") == 1  # its two templates
+    assert app.number_input(key="sw_budget").value == 8000 and not app.error
+
+
+def test_sweep_page_shows_a_recorded_sweep_its_best_trial_chart_and_table(app, runs_dir):
+    from mnist_core import sweep
+    from mnist_core.files import atomic_write_json
+
+    spec = sweep.check_space(json.loads((Path(APP).parent / "examples/sweeps/tiny.json").read_text()))
+    folder = runs_dir / sweep.SWEEPS / "done"
+    folder.mkdir(parents=True)
+    atomic_write_json(folder / "spec.json", spec)
+    atomic_write_json(folder / "status.json", {"status": "finished", "trials": 3, "started": "2026-11-25T10:00:00",
+                                               "ended": "2026-11-25T10:01:00"})
+    rows = []
+    for name, params, acc in (("done-a", 1104, 97.1), ("done-b", 1570, 98.2)):
+        made_run(runs_dir, name, [acc], sweep="done")
+        rows.append({"run": name, "status": "finished", "params": params, "last_min": acc, "epoch": 1,
+                     "verdict": f"misses: epoch 1 at {acc:.2f}%", "layers": "conv4p1 bn relu gap conv10k1"})
+    rows.append({"trial": "x", "status": "rejected", "params": 9000, "reason": "over the budget, not trained"})
+    (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page(app, "views/sweep.py")
+    assert "done: finished" in texts(app.subheader)
+    assert any("Best so far" in s and "done-b" in s for s in texts(app.success))
+    assert "sw_chart" in chart_keys(app)
+    table = app.dataframe[-1].value  # the first is the form's editor
+    assert list(table["run"][:2]) == ["/runs?run=done-a", "/runs?run=done-b"] and table["run"].isna()[2]
+    assert button(app, "Stop sweep").disabled and not [b for b in app.button if b.label == "Resume sweep"]

@@ -17,13 +17,15 @@ global average pooling and a 1x1 head, which reaches 99.3% test accuracy in 15 e
 """
 )
 
-cols = st.columns(4)
 steps = [
     ("🧱 Architecture", "views/architecture.py", "Toggle BatchNorm, slide channel widths; the parameter count, layer table and receptive field follow live."),
     ("🏋️ Train", "views/train.py", "Train the chosen model in the background; watch loss and accuracy curves; stop at any time."),
     ("✏️ Draw", "views/draw.py", "Draw a digit and see what a model reads, with the 28x28 image it sees. Works now, with the bundled model."),
     ("📊 Runs", "views/runs.py", "Every run with its card; overlay curves to compare, e.g. with and without BatchNorm."),
+    ("🔎 Sweeps", "views/sweep.py", "Let the machine search a space of layer lists and recipes for the smallest model "
+                                   "that holds the goal."),
 ]
+cols = st.columns(len(steps))
 for col, (title, page, text) in zip(cols, steps):
     with col:
         st.page_link(page, label=title)

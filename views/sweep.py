@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -338,7 +339,7 @@ def show_sweep(folder: Path) -> None:
             st.session_state.runs_next = picked
             st.switch_page("views/runs.py")
     if trials:
-        st.dataframe(trials_frame(trials, space["goal"]), key="sw_table", width="stretch", hide_index=True,
+        st.dataframe(pd.DataFrame(trials_frame(trials, space["goal"])), key="sw_table", width="stretch", hide_index=True,
                      column_config={
                          "run": st.column_config.LinkColumn("run", display_text=r"/runs\?run=(.*)",
                                                             help="opens the run on the Runs page"),
