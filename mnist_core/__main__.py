@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mnist_core.bench import accuracy_bench, run_bench
+from mnist_core.bench import (QUICK_EPOCHS, QUICK_TEST, QUICK_TRAIN, RACE_PRESET, RACE_TARGET, accuracy_bench,
+                               race_bench, run_bench)
 from mnist_core.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint
 from mnist_core.data import DataError, load_mnist, normalize
 from mnist_core.draw import describe, ImageError, load_image, predict
@@ -216,7 +217,11 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("bench", help="images/s of the reference pipeline vs the core's, and UI latencies; "
                                      "or, with --accuracy, a preset's accuracy and time to a goal over seeds")
-    p.add_argument("--quick", action="store_true", help="fewer batches: under 30 seconds")
+    p.add_argument("--quick", action="store_true", help="fewer batches (under 30 seconds); with --race or --accuracy, "
+                   "a small subset and 2 epochs (under a minute; not the targets' figures)")
+    p.add_argument("--race", nargs="?", const=RACE_PRESET, metavar="PRESET",
+                   help=f"the notebook (its 15 epochs) against PRESET (default {RACE_PRESET}) through the core, one "
+                        f"after the other: each one's time from the start to {RACE_TARGET}%% test accuracy")
     p.add_argument("--batches", type=int, help="timed batches per pipeline")
     p.add_argument("--device", default="auto")
     p.add_argument("--accuracy", metavar="PRESET",
@@ -528,9 +533,21 @@ def cmd_bench(args) -> int:
 
     if args.arch is not None and args.accuracy is None:
         raise UserError("--arch goes with --accuracy PRESET (whose recipe trains it)")
+    if args.race is not None:
+        if args.accuracy is not None or args.batches is not None:
+            raise UserError("--race goes alone (with --quick for a small subset)")
+        preset = lab_preset(args.race)
+        if args.device != "auto":
+            preset = replace(preset, train=replace(preset.train, device=args.device))
+        check_can_train(preset.train)
+        try:
+            race_bench(preset, quick=args.quick)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return 0
     if args.accuracy is not None:
-        if args.quick or args.batches is not None:
-            raise UserError("--quick and --batches time the pipelines; they do not go with --accuracy")
+        if args.batches is not None:
+            raise UserError("--batches times the pipelines; it does not go with --accuracy")
         if not 0 < args.goal <= 100:
             raise UserError(f"--goal is {args.goal:g}: it must be a test accuracy above 0 and at most 100 (%)")
         preset = lab_preset(args.accuracy)
@@ -538,6 +555,11 @@ def cmd_bench(args) -> int:
             preset = replace(preset, name=f"{preset.name} recipe, --arch", model=read_arch(args.arch))
         if args.device != "auto":
             preset = replace(preset, train=replace(preset.train, device=args.device))
+        if args.quick:
+            preset = replace(preset, train=replace(preset.train, limit_train=QUICK_TRAIN, limit_test=QUICK_TEST,
+                                                   epochs=min(preset.train.epochs, QUICK_EPOCHS)))
+            print(f"--quick: {QUICK_TRAIN:,} training and {QUICK_TEST:,} test images, at most {QUICK_EPOCHS} epochs: "
+                  "these figures are not the target's")
         check_can_train(preset.train)
         accuracy_bench(preset, args.seeds, args.goal)
         return 0

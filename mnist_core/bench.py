@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mnist_core.config import ModelConfig, Preset, TrainConfig, replace
+from mnist_core.config import PRESETS, ModelConfig, Preset, TrainConfig, replace
 from mnist_core.data import DATA_DIR, load_mnist, verify
 from mnist_core.model import build_model, count_params
 from mnist_core.train import resolve_device, train
@@ -256,3 +256,114 @@ def accuracy_bench(preset: Preset, seeds: list[int], goal: float = 99.4, print_f
              + (f"{median_time:.0f} s" if median_time != math.inf else "not reached"))
     return {"seeds": per_seed, "mean": statistics.mean(last), "min": min(last), "held": held,
             "median_seconds_to_goal": median_time}
+
+
+# -- the race: time from the start to the reference's accuracy ----------------------------------
+
+RACE_TARGET = 99.32  # the reference experiment's best test accuracy
+RACE_PRESET = "fast" if "fast" in PRESETS else "lean"  # the core's fastest preset to it
+NOTEBOOK_EPOCHS = 15
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 6000, 2000, 2
+
+
+def notebook_race(target: float, epochs: int, limit_train: int | None, limit_test: int | None, print_fn=print) -> dict:
+    """The notebook as it ran: torchvision MNIST with per-image ToTensor + Normalize through
+    DataLoaders (batch 64, shuffled), the reference model, SGD 0.01/0.9 with no schedule, its train
+    loop body with the tqdm bar, and its test loop after every epoch. Times from before the data is
+    opened to the end of each epoch's test."""
+    from torchvision import datasets, transforms  # heavy, and only the notebook's pipeline needs it
+
+    start = time.perf_counter()
+    root = verify(DATA_DIR)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train_set = datasets.MNIST(str(root), train=True, download=False, transform=tf)
+    test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)
+    if limit_train:
+        train_set = torch.utils.data.Subset(train_set, range(limit_train))
+    if limit_test:
+        test_set = torch.utils.data.Subset(test_set, range(limit_test))
+    torch.manual_seed(1)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=BATCH, shuffle=True)
+    model = build_model(ModelConfig())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    reached = None
+    for epoch in range(1, epochs + 1):
+        model.train()
+        bar = tqdm(train_loader, file=io.StringIO(), mininterval=0)
+        correct = processed = 0
+        train_losses = []
+        for i, (x, y) in enumerate(bar):  # the notebook's loop body, line for line
+            opt.zero_grad()
+            y_pred = F.log_softmax(model(x), dim=1)
+            loss = F.nll_loss(y_pred, y)
+            train_losses.append(loss.item())
+            loss.backward()
+            opt.step()
+            pred = y_pred.argmax(dim=1, keepdim=True)
+            correct += pred.eq(y.view_as(pred)).sum().item()
+            processed += len(x)
+            bar.set_description(desc=f"Loss={loss.item()} Batch_id={i} Accuracy={100 * correct / processed:0.2f}")
+        model.eval()
+        test_loss = right = 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                output = F.log_softmax(model(x), dim=1)
+                test_loss += F.nll_loss(output, y, reduction="sum").item()
+                pred = output.argmax(dim=1, keepdim=True)
+                right += pred.eq(y.view_as(pred)).sum().item()
+        acc = 100 * right / len(test_set)
+        seconds = time.perf_counter() - start
+        print_fn(f"  notebook epoch {epoch}/{epochs}: test {acc:.2f}% ({seconds:.1f} s)")
+        if reached is None and acc >= target:
+            reached = {"epoch": epoch, "seconds": seconds}
+    return {"reached": reached, "seconds": time.perf_counter() - start, "epochs": epochs}
+
+
+def core_race(preset: Preset, target: float, print_fn=print) -> dict:
+    """The preset through the core, from before the data is loaded to the end of each epoch."""
+    start = time.perf_counter()
+    reached = None
+
+    def on_record(r):
+        nonlocal reached
+        if r["kind"] != "epoch":
+            return
+        seconds = time.perf_counter() - start
+        print_fn(f"  core epoch {r['epoch']}/{r['epochs']}: test {r['test_acc']:.2f}% ({seconds:.1f} s)")
+        if reached is None and r["test_acc"] >= target:
+            reached = {"epoch": r["epoch"], "seconds": seconds}
+
+    train(preset.model, preset.train, load_mnist(), callback=on_record)
+    return {"reached": reached, "seconds": time.perf_counter() - start, "epochs": preset.train.epochs}
+
+
+def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET, print_fn=print) -> dict:
+    """The notebook (its own 15 epochs) against `preset` through the core, one after the other in
+    this process on the same data: each one's wall time to its first epoch at `target` test accuracy."""
+    if count_params(preset.model) > count_params(ModelConfig()):
+        raise ValueError(f"{preset.name} has {count_params(preset.model):,} parameters, more than the reference's "
+                         f"{count_params(ModelConfig()):,}: the race is for models no larger")
+    limits = (QUICK_TRAIN, QUICK_TEST) if quick else (None, None)
+    epochs = QUICK_EPOCHS if quick else NOTEBOOK_EPOCHS
+    if quick:
+        preset = replace(preset, train=replace(preset.train, limit_train=QUICK_TRAIN, limit_test=QUICK_TEST,
+                                               epochs=min(preset.train.epochs, QUICK_EPOCHS)))
+    print_fn(f"race to {target:.2f}% test accuracy; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+             + (f"; --quick: {QUICK_TRAIN:,} training and {QUICK_TEST:,} test images, {epochs} epochs: these "
+                "figures are not the target's" if quick else ""))
+    print_fn(f"notebook: reference model (9,596 parameters), DataLoader, batch {BATCH}, SGD 0.01/0.9, {epochs} epochs")
+    notebook = notebook_race(target, epochs, *limits, print_fn=print_fn)
+    m, t = preset.model, preset.train
+    print_fn(f"core: preset {preset.name}, {count_params(m):,} parameters ({m.describe()}); {t.epochs} epochs, "
+             f"batch {t.batch_size}; {t.recipe_text()}")
+    core = core_race(preset, target, print_fn)
+
+    def took(r: dict, who: str) -> tuple[float, str]:
+        if r["reached"]:
+            return r["reached"]["seconds"], f"{who} {r['reached']['seconds']:.1f} s"
+        return r["seconds"], f"{who} {r['seconds']:.1f} s (never reached it: its whole {r['epochs']}-epoch run)"
+
+    (n, n_text), (c, c_text) = took(notebook, "notebook"), took(core, "core")
+    print_fn(f"time to {target:.2f}%: {n_text}, {c_text}, speedup: {n / c:.1f}x")
+    return {"notebook": notebook, "core": core, "speedup": n / c, "preset": preset.name, "quick": quick}

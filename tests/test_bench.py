@@ -61,9 +61,33 @@ def test_bench_accuracy_says_never_when_the_goal_is_not_reached(capsys, tiny_qui
     (["--accuracy", "quick", "--seeds", "1,x"], "seeds must be whole numbers"),
     (["--accuracy", "quick", "--seeds", "1,1"], "distinct"),
     (["--accuracy", "quick", "--goal", "120"], "--goal is 120"),
-    (["--accuracy", "quick", "--quick"], "do not go with --accuracy"),
+    (["--accuracy", "quick", "--batches", "3"], "does not go with --accuracy"),
+    (["--race", "lean", "--accuracy", "quick"], "--race goes alone"),
+    (["--race", "nope"], "preset 'nope' is unknown"),
 ])
 def test_bench_accuracy_refuses_bad_arguments(capsys, argv, says):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and says in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.process  # loads MNIST, trains the notebook and a preset on a subset
+def test_bench_race_quick_times_both_to_the_reference_accuracy(capsys):
+    assert main(["bench", "--race", "--quick"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "these figures are not the target's" in out[0]
+    assert len([line for line in out if line.startswith("  notebook epoch ")]) == 2
+    assert [line for line in out if line.startswith("  core epoch ")]
+    assert re.match(r"core: preset \w+, [\d,]+ parameters", next(line for line in out if line.startswith("core: ")))
+    last = re.fullmatch(r"time to 99\.32%: notebook ([\d.]+) s( \(never reached it: its whole 2-epoch run\))?, "
+                        r"core ([\d.]+) s( \(never reached it: its whole \d+-epoch run\))?, speedup: ([\d.]+)x", out[-1])
+    assert last, out[-1]
+    assert float(last.group(5)) == pytest.approx(float(last.group(1)) / float(last.group(3)), rel=0.05)
+
+
+@pytest.mark.process  # loads MNIST
+def test_bench_accuracy_quick_says_its_figures_are_not_the_targets(capsys):
+    assert main(["bench", "--accuracy", "lean", "--quick", "--seeds", "1", "--goal", "50"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("--quick: 6,000 training and 2,000 test images, at most 2 epochs")
+    assert re.fullmatch(r"time to goal, median of 1 seeds: (\d+ s|not reached)", out[-1])
