@@ -32,6 +32,7 @@ from mnist_core.train import check_can_train
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_NAME = ".train.lock"
+SWEEPS = ".sweeps"  # the sweeps' folders in a runs folder (sweep.py)
 LOCK_FD_ENV = "MNIST_LAB_LOCK_FD"  # tells a queue's training process which inherited fd is the lock
 
 _children: dict[int, subprocess.Popen] = {}  # pid -> process started by this app process
@@ -116,8 +117,15 @@ def _lock(runs_dir: Path, doing: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise Busy(f"a training is already running ({active(runs_dir)}): stop it or wait for it to finish") from None
+        raise Busy(f"{holder_text(runs_dir, active(runs_dir))} is running: stop it or wait for it to finish") from None
     return fd
+
+
+def holder_text(runs_dir: Path, holder: str | None) -> str:
+    """What holds the training lock, in words: a sweep (named by its folder in SWEEPS) or a training."""
+    if holder and (Path(runs_dir) / SWEEPS / holder / "spec.json").is_file():
+        return f"sweep {holder}"
+    return f"a training ({holder})"
 
 
 @contextlib.contextmanager

@@ -27,9 +27,12 @@ Every trained trial is an ordinary run in the runs folder (config, metrics, chec
 named <sweep>-t<N> and tagged with its sweep. The sweep's own folder, runs/.sweeps/<name>/, holds
 spec.json, trials.jsonl (one line per finished trial) and status.json.
 
-Sharing the machine: a sweep holds the runs folder's training lock (jobs.hold) for as long as it
-runs, so the app's Start and a sweep never train at once; its trials share the cores among
-themselves, one thread each, as many at once as `concurrent` (default: the cores).
+Sharing the machine: a sweep holds the runs folder's training lock for as long as it runs (the
+command takes it with jobs.hold; the app's Start takes it and hands it to the sweep's process, as
+for a training), so the app's Start and a sweep never train at once, and a second sweep is Busy;
+its trials share the cores among themselves, one thread each, as many at once as `concurrent`
+(default: the cores). The app's Stop asks by a file (STOP) and the sweep's process ends its trials
+after their batch; a killed sweep can be resumed (see "running" below).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from mnist_core.goal import Goal, judge
 from mnist_core.runner import train_run, write_card
 from mnist_core.runs import NAME_RE, Run, RunError, check_run_name, list_runs
 
-SWEEPS = ".sweeps"
+SWEEPS = jobs.SWEEPS
 KINDS = ("int", "float", "log", "choice")
 OBJECTIVES = ("accuracy", "params")
 RECIPE_FIELDS = {f.name for f in fields(TrainConfig)} - {"init_checkpoint", "start_epoch", "handwriting"}
@@ -387,7 +390,7 @@ def start(runs_dir: Path, space: dict, name: str | None = None, address: str | N
     page switches and the app). jobs.Busy when a training or a sweep holds the machine."""
     check_address(address)
     if holder := jobs.active(runs_dir):
-        raise jobs.Busy(f"{describe_holder(runs_dir, holder)} is running: stop it or wait for it to finish")
+        raise jobs.Busy(f"{jobs.holder_text(runs_dir, holder)} is running: stop it or wait for it to finish")
     folder = create(runs_dir, space, name, address)
     try:
         pid = jobs.start_sweep(runs_dir, folder)
@@ -427,10 +430,6 @@ def active(runs_dir: Path) -> Path | None:
         return None
     folder = Path(runs_dir) / SWEEPS / holder
     return folder if (folder / "spec.json").is_file() else None
-
-
-def describe_holder(runs_dir: Path, holder: str) -> str:
-    return f"sweep {holder}" if (Path(runs_dir) / SWEEPS / holder / "spec.json").is_file() else f"a training ({holder})"
 
 
 def list_sweeps(runs_dir: Path) -> list[Path]:

@@ -165,7 +165,7 @@ def test_concurrent_starts_make_exactly_one_run(runs, capsys):
     assert other == []
     assert len(started) == 1 and len(busy) == n - 1
     run = started[0]
-    assert all("a training is already running" in m for m in busy)
+    assert all("a training (" in m and ") is running" in m for m in busy)
     assert run_dirs(runs) == [run.name]  # no second directory, nothing half made
     assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "status.json", "train.log"]
     assert run.status["status"] == "running" and jobs.active(runs) == run.name
