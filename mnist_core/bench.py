@@ -159,19 +159,31 @@ def synthetic_drawing(size: int = 280) -> np.ndarray:
     return img
 
 
+# 40 layers, at full resolution for half of them: the deepest list the interactivity target covers
+DEEP_LIST = " ".join(["conv16p1 bn relu"] * 6 + ["maxpool"] + ["conv16p1 bn relu"] * 6 + ["drop0.05", "gap", "conv10k1"])
+
+
 def latency(repeat: int = 20) -> dict[str, float]:
     def build_and_count():
         cfg = ModelConfig.template((10, 14, 10, 14, 16, 20))
         build_model(cfg)
         count_params(cfg)
 
+    def count_and_table():  # what the Architecture page computes per edit: parse, count, the layer table
+        cfg = ModelConfig.parse(DEEP_LIST)
+        return cfg.params, cfg.rows
+
     out = {"model build + param count": _median_ms(build_and_count, repeat)}
+    deep = ModelConfig.parse(DEEP_LIST)
+    out[f"{len(deep.layers)}-layer list: parse + param count + layer table"] = _median_ms(count_and_table, repeat)
     try:
         model, _ = load_checkpoint(BUNDLED_CHECKPOINT)
     except Exception:
         model = build_model(ModelConfig()).eval()  # timing is the same for untrained weights
     drawing = synthetic_drawing()
     out["canvas prediction (preprocess + forward)"] = _median_ms(lambda: predict(model, drawing), repeat)
+    deep_model = build_model(deep).eval()
+    out[f"{len(deep.layers)}-layer list: canvas prediction"] = _median_ms(lambda: predict(deep_model, drawing), repeat)
     return out
 
 

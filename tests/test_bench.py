@@ -20,6 +20,8 @@ def test_bench_quick_runs_and_prints_its_figures(capsys):
     assert float(ceiling.group(3).replace(",", "")) == pytest.approx(64_000 / float(ceiling.group(2)), rel=0.02)
     assert re.search(r"model build \+ param count: [\d.]+ ms", text)
     assert re.search(r"canvas prediction \(preprocess \+ forward\): [\d.]+ ms", text)
+    assert re.search(r"40-layer list: parse \+ param count \+ layer table: [\d.]+ ms", text)
+    assert re.search(r"40-layer list: canvas prediction: [\d.]+ ms", text)
     assert re.fullmatch(r"speedup: \d+\.\dx", out[-1])
 
 
