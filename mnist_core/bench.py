@@ -45,20 +45,14 @@ BATCH = 64
 
 def reference_pipeline(device: torch.device, warmup: int, batches: int) -> float:
     """images/s of the notebook's loop: per-image transforms through a DataLoader."""
-    from torchvision import datasets, transforms  # heavy, and only the notebook's pipeline needs it
-
-    root = verify(DATA_DIR)
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    dataset = datasets.MNIST(str(root), train=True, download=False, transform=tf)
     kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, **kwargs)
+    loader = torch.utils.data.DataLoader(notebook_dataset(train=True), batch_size=BATCH, shuffle=True, **kwargs)
     torch.manual_seed(0)
     model = build_model(ModelConfig()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     t0 = None
-    correct = processed = 0
-    train_losses = []
+    tally = {"correct": 0, "processed": 0, "losses": []}
     bar = tqdm(loader, file=io.StringIO(), mininterval=0)  # the notebook's bar, drawn into a buffer
     for i, (x, y) in enumerate(bar):
         if i == warmup:
@@ -66,20 +60,34 @@ def reference_pipeline(device: torch.device, warmup: int, batches: int) -> float
             t0 = time.perf_counter()
         if i == warmup + batches:
             break
-        # the notebook's loop body, line for line
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad()
-        y_pred = F.log_softmax(model(x), dim=1)
-        loss = F.nll_loss(y_pred, y)
-        train_losses.append(loss.item())
-        loss.backward()
-        opt.step()
-        pred = y_pred.argmax(dim=1, keepdim=True)
-        correct += pred.eq(y.view_as(pred)).sum().item()
-        processed += len(x)
-        bar.set_description(desc=f"Loss={loss.item()} Batch_id={i} Accuracy={100 * correct / processed:0.2f}")
+        notebook_step(model, opt, x.to(device), y.to(device), i, tally, bar)
     _sync(device)
     return batches * BATCH / (time.perf_counter() - t0)
+
+
+def notebook_dataset(train: bool, limit: int | None = None):
+    """torchvision's MNIST with the notebook's per-image ToTensor + Normalize, the first `limit` images."""
+    from torchvision import datasets, transforms  # heavy, and only the notebook's pipeline needs it
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    dataset = datasets.MNIST(str(verify(DATA_DIR)), train=train, download=False, transform=tf)
+    return torch.utils.data.Subset(dataset, range(limit)) if limit else dataset
+
+
+def notebook_step(model, opt, x, y, i: int, tally: dict, bar) -> None:
+    """The notebook's training loop body, line for line: a step, the per-batch accuracy and loss
+    list, the tqdm description."""
+    opt.zero_grad()
+    y_pred = F.log_softmax(model(x), dim=1)
+    loss = F.nll_loss(y_pred, y)
+    tally["losses"].append(loss.item())
+    loss.backward()
+    opt.step()
+    pred = y_pred.argmax(dim=1, keepdim=True)
+    tally["correct"] += pred.eq(y.view_as(pred)).sum().item()
+    tally["processed"] += len(x)
+    bar.set_description(desc=f"Loss={loss.item()} Batch_id={i} "
+                             f"Accuracy={100 * tally['correct'] / tally['processed']:0.2f}")
 
 
 def core_pipeline(device: torch.device, warmup: int, batches: int, data, precision: str = "fp32") -> float:
@@ -283,17 +291,8 @@ def notebook_race(target: float, epochs: int, limit_train: int | None, limit_tes
     DataLoaders (batch 64, shuffled), the reference model, SGD 0.01/0.9 with no schedule, its train
     loop body with the tqdm bar, and its test loop after every epoch. Times from before the data is
     opened to the end of each epoch's test; ends at the first epoch at `target`."""
-    from torchvision import datasets, transforms  # heavy, and only the notebook's pipeline needs it
-
     start = time.perf_counter()
-    root = verify(DATA_DIR)
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    train_set = datasets.MNIST(str(root), train=True, download=False, transform=tf)
-    test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)
-    if limit_train:
-        train_set = torch.utils.data.Subset(train_set, range(limit_train))
-    if limit_test:
-        test_set = torch.utils.data.Subset(test_set, range(limit_test))
+    train_set, test_set = notebook_dataset(True, limit_train), notebook_dataset(False, limit_test)
     torch.manual_seed(1)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=BATCH, shuffle=True)
@@ -303,19 +302,9 @@ def notebook_race(target: float, epochs: int, limit_train: int | None, limit_tes
     for epoch in range(1, epochs + 1):
         model.train()
         bar = tqdm(train_loader, file=io.StringIO(), mininterval=0)
-        correct = processed = 0
-        train_losses = []
-        for i, (x, y) in enumerate(bar):  # the notebook's loop body, line for line
-            opt.zero_grad()
-            y_pred = F.log_softmax(model(x), dim=1)
-            loss = F.nll_loss(y_pred, y)
-            train_losses.append(loss.item())
-            loss.backward()
-            opt.step()
-            pred = y_pred.argmax(dim=1, keepdim=True)
-            correct += pred.eq(y.view_as(pred)).sum().item()
-            processed += len(x)
-            bar.set_description(desc=f"Loss={loss.item()} Batch_id={i} Accuracy={100 * correct / processed:0.2f}")
+        tally = {"correct": 0, "processed": 0, "losses": []}
+        for i, (x, y) in enumerate(bar):
+            notebook_step(model, opt, x, y, i, tally, bar)
         model.eval()
         test_loss = right = 0
         with torch.no_grad():

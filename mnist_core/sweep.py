@@ -301,22 +301,6 @@ def table(trials: list[dict]) -> str:
 
 
 # -- running --------------------------------------------------------------------------------------
-
-
-def search_space(space: dict) -> dict:
-    from ray import tune  # heavy: only a sweep needs Ray
-
-    out = {}
-    for name, d in space["params"].items():
-        kind, v = next(iter(d.items()))
-        out[name] = {"int": lambda: tune.randint(v[0], v[1] + 1), "float": lambda: tune.uniform(v[0], v[1]),
-                     "log": lambda: tune.loguniform(v[0], v[1]), "choice": lambda: tune.choice(v)}[kind]()
-    if len(space["templates"]) > 1:
-        out["template"] = tune.choice(list(range(len(space["templates"]))))
-    return out
-
-
-# -- running --------------------------------------------------------------------------------------
 #
 # A sweep is one process (the command, or one the app starts with jobs.start_sweep) that holds the
 # runs folder's training lock from start to end and drives Ray Tune; its folder says how it stands:
