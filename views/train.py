@@ -350,8 +350,11 @@ if stop and active:
 
 
 # The live view's cost falls on the training it watches (the app, the browser and the training share
-# this machine's cores): poll every 2 s, and draw the batch curve from a few hundred points.
+# this machine's cores). So the view polls only while a training runs, in two parts: the status and
+# progress bar every 2 s (a few small elements), the charts every 6 s (four plotly figures the browser
+# redraws), the batch curve from a few hundred points; the records are read incrementally.
 POLL_SECONDS = 2.0
+CHART_SECONDS = 6.0
 LIVE_POINTS = 400
 
 
@@ -364,17 +367,17 @@ def shown_run() -> Run | None:
     return runs[0] if runs else None
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def live():
+training = lab.active() is not None
+
+
+@st.fragment(run_every=POLL_SECONDS if training else None)
+def live_status():
     run = shown_run()
     if run is None:
         st.info("No run yet: choose settings and press **Start training**.")
         return
     current = lab.status(run)
     status = str(current.get("status", "unknown"))
-    records = metrics(run)
-    batches = [r for r in records if r["kind"] == "batch"]
-    epochs = [r for r in records if r["kind"] == "epoch"]
     st.subheader(f"{run.name}: {status}")
     if isinstance(run.config.get("parent"), str):
         st.caption(f"continues from run {run.config['parent']}")
@@ -389,13 +392,32 @@ def live():
             box = st.success if verdict.meets else st.warning
             box(f"Group **{group}** {verdict.text(lab.goal())}. See it on the Runs page.")
     if status == "running":
-        if batches:
-            fraction, text = progress(batches[-1], run)
+        records = metrics(run)
+        last = next((r for r in reversed(records) if r["kind"] == "batch"), None)
+        if last:
+            fraction, text = progress(last, run)
             st.progress(fraction, text=text)
         else:
             st.progress(0.0, text="loading MNIST and building the model...")
     elif current.get("reason"):
         st.warning(str(current["reason"])[:500])
+    if status != "running":
+        # the process writes its final status, then exits and frees the lock: wait for both
+        if st.session_state.get("tr_was_running") == run.name and not lab.active():
+            st.session_state.tr_was_running = None
+            st.rerun()  # the whole page: Start on, Stop off, the final charts and the card, no more polling
+    else:
+        st.session_state.tr_was_running = run.name
+
+
+@st.fragment(run_every=CHART_SECONDS if training else None)
+def live_charts():
+    run = shown_run()
+    if run is None:
+        return
+    records = metrics(run)
+    batches = [r for r in records if r["kind"] == "batch"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
     if epochs:
         whole = whole_range_toggle(key="tr_whole_range")
         c1, c2 = st.columns(2)
@@ -409,14 +431,8 @@ def live():
         c1.plotly_chart(batch_loss_figure(batches, max_points=LIVE_POINTS), key="batch_curve")
         if c2 is not None:
             c2.plotly_chart(lr_figure({run.name: epochs}), key="lr_curve")
-    if status != "running":
+    if lab.status(run).get("status") != "running":
         show_card(run, missing="No card yet.")
-        # the process writes its final status, then exits and frees the lock: wait for both
-        if st.session_state.get("tr_was_running") == run.name and not lab.active():
-            st.session_state.tr_was_running = None
-            st.rerun()  # re-enable Start, disable Stop
-    else:
-        st.session_state.tr_was_running = run.name
 
 
 def progress(b: dict, run: Run) -> tuple[float, str]:
@@ -449,4 +465,5 @@ def _started(run: Run) -> float:
         return time.time()
 
 
-live()
+live_status()
+live_charts()
