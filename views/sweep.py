@@ -248,9 +248,13 @@ def sweep_figure(trials: list[dict], space: dict, marked: str | None = None) -> 
                   annotation_text=f"goal {space['goal']:g}%", annotation_position="bottom left")
     fig.add_vline(x=space["budget"], line=dict(color="#e4572e", dash="dash"),
                   annotation_text=f"budget {space['budget']:,}", annotation_position="top left")
-    accs = [t["last_min"] for t in trained] + [space["goal"]]
+    # the axis spans the ended trials and the goal: a trial in its first epochs would squash them
+    ended = [t for t in trained if t.get("status") in ("finished", "stopped")] or trained
+    accs = [t["last_min"] for t in ended] + [space["goal"]]
     low = max(min(accs) - (0.3 if max(accs) - min(accs) < 20 else 3), 0)
-    fig.update_layout(title="Parameters against accuracy (click a point to open its run)",
+    fig.update_layout(title="Parameters against accuracy (click a point to open its run; trials in their first "
+                            "epochs may sit below the axis)" if len(ended) < len(trained) else
+                      "Parameters against accuracy (click a point to open its run)",
                       xaxis_title="parameters", yaxis_title="test accuracy, min of the last epochs (%)",
                       height=380, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", y=-0.2, x=0), clickmode="event+select")
@@ -340,6 +344,7 @@ def show_sweep(folder: Path) -> None:
             st.switch_page("views/runs.py")
     if trials:
         st.dataframe(pd.DataFrame(trials_frame(trials, space["goal"])), key="sw_table", width="stretch", hide_index=True,
+                     placeholder="–",
                      column_config={
                          "run": st.column_config.LinkColumn("run", display_text=r"/runs\?run=(.*)",
                                                             help="opens the run on the Runs page"),
