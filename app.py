@@ -31,11 +31,11 @@ with st.sidebar:
     )
     from views.common import active_run_name
 
-    from mnist_core import lab, sweep
+    from mnist_core import lab
 
     st.caption(f"Goal: **{lab.goal().text()}** (set it on Home).")
     name = active_run_name()
-    if name and (running := sweep.active(lab.runs_dir())) is not None:
+    if name and (running := lab.active_sweep()) is not None:
         st.info(f"Sweep **{running.name}** is running in the background.", icon="🔎")
     elif name:
         st.info(f"Training **{name}** in the background.", icon="⏳")

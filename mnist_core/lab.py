@@ -14,7 +14,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from mnist_core import export, jobs, spec
+from mnist_core import export, jobs, spec, sweep
 from mnist_core import goal as goalmod
 from mnist_core.card import plural
 from mnist_core.config import PRESETS, ConfigError, ModelConfig, Preset, TrainConfig, asdict, train_config_from_dict
@@ -390,3 +390,33 @@ def export_as(run: Run, fmt: str, checkpoint: Path | None = None) -> bytes:
 def runs_with_checkpoints() -> list[Run]:
     """Runs that can be continued or fine-tuned: a last.pt, and not training now."""
     return [r for r in list_runs(runs_dir()) if (r.path / "last.pt").exists() and jobs.state(r) != "running"]
+
+
+# -- sweeps (sweep.py): one at a time, sharing the training lock --------------------------------
+
+
+def sweeps() -> list[Path]:
+    """The sweeps' folders, newest first."""
+    return sweep.list_sweeps(runs_dir())
+
+
+def sweep_folder(name: str) -> Path:
+    return sweep.sweep_dir(runs_dir(), name)
+
+
+def active_sweep() -> Path | None:
+    """The folder of the sweep that holds the machine, or None."""
+    return sweep.active(runs_dir())
+
+
+def start_sweep(space: dict, name: str | None = None, address: str | None = None) -> Path:
+    """Start a checked space as a sweep in a process of its own; jobs.Busy when the machine is taken."""
+    return sweep.start(runs_dir(), space, name, address)
+
+
+def resume_sweep(folder: Path) -> None:
+    sweep.resume(folder)
+
+
+def stop_sweep(folder: Path) -> None:
+    sweep.request_stop(folder)

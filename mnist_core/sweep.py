@@ -453,8 +453,8 @@ def run(folder: Path, resume: bool = False, log=print) -> str:
         before = status(folder)
         address = before.get("address")
         settle_runs(folder, "interrupted", "the sweep's process ended while this trial trained")
-        state = _set_status(folder, status="running", pid=os.getpid(), started=before.get("started") or _now(),
-                            resumed=_now() if resume else None, reason=None, ended=None)
+        _set_status(folder, status="running", pid=os.getpid(), started=before.get("started") or _now(),
+                    resumed=_now() if resume else None, reason=None, ended=None)
         try:
             ray = _connect(address)
         except SweepError as e:

@@ -10,9 +10,7 @@ import streamlit as st
 
 from mnist_core import jobs, lab, sweep
 from mnist_core.files import UnreadableFile, read_tail
-from mnist_core.goal import Goal
 from mnist_core.runs import RunError
-from views.common import runs_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sweeps"
 KINDS = list(sweep.KINDS)
@@ -34,7 +32,7 @@ def starting_points() -> dict[str, dict]:
             out[f"example: {path.stem}"] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-    for folder in sweep.list_sweeps(runs_dir()):
+    for folder in lab.sweeps():
         try:
             out[f"again: {folder.name}"] = sweep.read_spec(folder)
         except sweep.SweepError:
@@ -203,8 +201,8 @@ def new_sweep_form(busy: str | None) -> None:
     if start and checked is not None:
         try:
             with st.spinner("Checking the cluster and starting the sweep..."):
-                folder = sweep.start(runs_dir(), checked, st.session_state.sw_name.strip() or None,
-                                     st.session_state.sw_address.strip() or None)
+                folder = lab.start_sweep(checked, st.session_state.sw_name.strip() or None,
+                                         st.session_state.sw_address.strip() or None)
         except (sweep.SweepError, jobs.Busy, RunError) as e:
             st.error(str(e), icon="🚫")
         else:
@@ -310,7 +308,7 @@ def show_sweep(folder: Path) -> None:
         if st.button("Stop sweep", key="sw_stop", disabled=status not in ("starting", "running"),
                      help="running trials end after their batch, with checkpoint and card; it can be resumed"):
             try:
-                sweep.request_stop(folder)
+                lab.stop_sweep(folder)
             except sweep.SweepError as e:
                 st.error(str(e), icon="🚫")
             else:
@@ -320,7 +318,7 @@ def show_sweep(folder: Path) -> None:
                          help=f"the {space['trials'] - ended} trials still to run; the search starts from every "
                               "recorded result"):
                 try:
-                    sweep.resume(folder)
+                    lab.resume_sweep(folder)
                 except (sweep.SweepError, jobs.Busy, RunError) as e:
                     st.error(str(e), icon="🚫")
                 else:
@@ -373,10 +371,10 @@ st.caption("Let the machine search for the smallest model that holds the goal: O
            "and recipes, Ray Tune trains them (here, or on a Ray cluster) and ASHA ends the hopeless ones early. "
            "A sweep runs in the background like a training: leave the page, come back.")
 
-running = sweep.active(runs_dir())
+running = lab.active_sweep()
 holder = lab.active()
 busy = (f"sweep {running.name}" if running else f"the training {holder}") if holder else None
-folders = sweep.list_sweeps(runs_dir())
+folders = lab.sweeps()
 with st.expander("New sweep", expanded=not folders):
     new_sweep_form(busy)
 
@@ -387,7 +385,7 @@ if folders:
     if st.session_state.get("sw_shown") not in names:
         st.session_state.sw_shown = names[0]
     st.selectbox("Sweep", names, key="sw_shown", help="the sweeps of this runs folder, newest first")
-    shown = runs_dir() / sweep.SWEEPS / st.session_state.sw_shown
+    shown = lab.sweep_folder(st.session_state.sw_shown)
     live = sweep.status(shown).get("status") in sweep.LIVE
 
     @st.fragment(run_every=POLL_SECONDS if live else None)

@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from mnist_core import insight, jobs, lab, lrfind, sweep
+from mnist_core import insight, jobs, lab, lrfind
 from mnist_core.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULERS, ConfigError, TrainConfig
 from mnist_core.data import augment, load_mnist
 from mnist_core.runs import Run, RunError, list_runs
@@ -323,7 +323,7 @@ your_presets(model_cfg, values, problem)
 if started := st.session_state.pop("tr_started", None):  # set just before the rerun below
     st.toast(f"Started {started}")
 active = lab.active()
-sweeping = sweep.active(runs_dir())
+sweeping = lab.active_sweep()
 if sweeping is not None:
     st.info(f"Sweep **{sweeping.name}** holds this machine: its trials are runs. Stop it on the Sweeps page to "
             "train here.", icon="🔎")
