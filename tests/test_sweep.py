@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from apptest_kit import made_run
 from mnist_core import jobs, sweep
 from mnist_core.__main__ import main
 from mnist_core.runs import Run
@@ -176,3 +177,31 @@ def test_a_trial_whose_process_is_killed_is_marked_failed_and_the_sweep_goes_on(
     assert rows[victim.name]["status"] == "failed" and "its process died" in rows[victim.name]["reason"]
     assert Run(victim.path).status["status"] == "failed"
     assert [t["status"] for t in rows.values() if t["run"] != victim.name] == ["finished"]
+
+
+@pytest.mark.unit
+def test_a_sweep_whose_process_is_gone_reads_interrupted_and_its_running_trials_are_settled(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "pid_alive", lambda pid: pid == 4242)  # 4242: a live sweep; any other: gone
+    runs_dir = tmp_path / "runs"
+    folder = sweep.create(runs_dir, sweep.check_space(space()), "gone")
+    with pytest.raises(sweep.SweepError, match="exists already"):
+        sweep.create(runs_dir, sweep.check_space(space()), "gone")
+    sweep._set_status(folder, status="running", pid=2**22 - 1)  # no such process
+    assert sweep.status(folder)["status"] == "interrupted"
+    sweep._set_status(folder, status="running", pid=4242)
+    sweep.request_stop(folder)
+    assert sweep.status(folder)["status"] == "stopping"
+    with pytest.raises(sweep.SweepError, match="nothing to resume"):
+        sweep.resume(folder)
+    done = made_run(runs_dir, "gone-a", [97.0], sweep="gone")
+    cut = made_run(runs_dir, "gone-b", [95.0, 96.0], sweep="gone")
+    cut.set_status("running", pid=2**22 - 1)  # its worker died with the sweep
+    (folder / "trials.jsonl").write_text(json.dumps({"run": done.name, "status": "finished", "params": 9596,
+                                                     "last_min": 97.0}) + "\n")
+    rows = sweep.trial_table(folder)
+    assert [(r["run"], r["status"]) for r in rows] == [("gone-a", "finished"), ("gone-b", "interrupted")]
+    sweep.settle_runs(folder, "interrupted", "the sweep's process ended")
+    assert Run(cut.path).status["status"] == "interrupted" and (cut.path / "card.md").is_file()
+    recorded = sweep.read_trials(folder)
+    assert recorded[-1]["run"] == "gone-b" and recorded[-1]["status"] == "interrupted"
+    assert sum(t["status"] in sweep.DONE for t in recorded) == 1  # an interrupted trial is run again on resume
