@@ -351,10 +351,10 @@ if stop and active:
 
 # The live view's cost falls on the training it watches (the app, the browser and the training share
 # this machine's cores). So the view polls only while a training runs, in two parts: the status and
-# progress bar every 2 s (a few small elements), the charts every 6 s (four plotly figures the browser
+# progress bar every 3 s (a few small elements), the charts every 9 s (four plotly figures the browser
 # redraws), the batch curve from a few hundred points; the records are read incrementally.
-POLL_SECONDS = 2.0
-CHART_SECONDS = 6.0
+POLL_SECONDS = 3.0
+CHART_SECONDS = 9.0
 LIVE_POINTS = 400
 
 
