@@ -74,7 +74,7 @@ def parse_milestones(text: str) -> tuple[int, ...]:
 RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
                   "step_size", "gamma", "milestones", "warmup_pct", "final_div", "warmup_epochs", "patience",
                   "label_smoothing", "clip_grad", "rotate", "translate", "scale", "shear", "erase", "augment", "seed",
-                  "device", "precision", "ema", "val_split")
+                  "device", "precision", "channels_last", "ema", "val_split")
 
 
 def parse_limit(text: str) -> int | None:
@@ -148,6 +148,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32; bf16 autocast (faster on CPUs with AMX/AVX-512 "
                    "BF16 and recent GPUs, slower elsewhere); auto: bf16 where it is fast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep images and activations channels-last (NHWC): faster max-pooling on a CPU")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="test and save a moving average of the weights with this decay per step (0 = off)")
     p.add_argument("--limit-train", type=parse_limit, default=KEEP, help="train on the first N images only ('all': every one)")

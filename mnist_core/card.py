@@ -46,6 +46,7 @@ def target_text(cfg: dict, goal: Goal | None = None) -> str:
     subset = f", {train['limit_train']} training images" if train.get("limit_train") else ""
     words += {"bf16": ", bf16 autocast", "auto": ", bf16 autocast where the hardware is fast at it"}.get(
         train.get("precision"), "")
+    words += ", channels-last memory" if train.get("channels_last") is True else ""
     lines = []
     if cfg.get("target"):
         lines.append(cfg["target"])

@@ -135,6 +135,7 @@ class TrainConfig:
     seed: int = 1  # same seed, same device -> same run
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; weights and optimizer stay fp32) | auto
+    channels_last: bool = False  # keep images and activations channels-last (NHWC): faster for some shapes (max-pool on CPU), slower for others; results unchanged
     limit_train: int | None = None  # use only the first N training images (quick tries)
     limit_test: int | None = None  # use only the first N test images
     eval_batch_size: int = 2000  # evaluation runs in large batches; no gradients
@@ -212,8 +213,9 @@ class TrainConfig:
                 whole(name, 1)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}")
-        if not isinstance(self.nesterov, bool):
-            raise ConfigError(f"nesterov must be true or false, got {self.nesterov!r}")
+        for name in ("nesterov", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name.replace('_', '-')} must be true or false, got {getattr(self, name)!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ConfigError("nesterov needs the SGD optimizer with momentum above 0")
         number("warmup_pct", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -316,6 +318,15 @@ PRESETS: dict[str, Preset] = {
             "7,724 parameters, 99.4% test accuracy: rotation augmentation, OneCycle, batch 128, bf16 autocast.",
             ModelConfig.template((12, 16, 10, 12, 16, 18)),
             LEAN_RECIPE,
+        ),
+        # Speed from the shape: one 3x3 convolution at full size, then max-pool, so the costly full-size
+        # activations are 12 channels once; channels-last, where max-pooling on a CPU is several times faster.
+        Preset(
+            "fast",
+            "7,348 parameters, 99.4% test accuracy in about half a minute on a laptop CPU: max-pool after the first "
+            "convolution, channels-last, 8 epochs of OneCycle at lr 0.4.",
+            ModelConfig.parse("conv12 bn relu maxpool conv16 bn relu conv16 bn relu maxpool conv20 bn relu conv10k1 gap"),
+            replace(LEAN_RECIPE, epochs=8, lr=0.4),
         ),
         Preset(
             "micro",

@@ -235,7 +235,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling and augmentation
     if model is None:
         model = initial_model(model_cfg, cfg.init_checkpoint)
-    model = model.to(device)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     n = len(data.train_x)
     batches = math.ceil(n / cfg.batch_size)
     opt = make_optimizer(model, cfg)
@@ -314,6 +314,8 @@ def train_epoch(model: Net, opt, schedule: Schedule, average, data: MNIST, cfg: 
     for b in range(batches):
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x = training_batch(data.train_x[idx], augmentation, gen)  # (B, 1, 28, 28)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = data.train_y[idx]  # (B,)
         loss, logits = training_step(model, opt, x, y, cfg, bf16)
         if average is not None:

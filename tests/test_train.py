@@ -55,6 +55,19 @@ def test_same_seed_same_run(mnist):
     assert losses(mnist, small(3)) != losses(mnist, small(4))
 
 
+def test_channels_last_trains_the_same_model_in_another_memory_layout(mnist):
+    """Channels-last changes where the numbers sit, not what is computed: the same losses to float
+    rounding, and the weights handed back are channels-last."""
+    cfg = small(3, augment=0.0)
+    plain = losses(mnist, cfg)
+    records = []
+    result = train(ModelConfig(), TrainConfig(**{**cfg.__dict__, "channels_last": True}), mnist, callback=records.append)
+    laid_out = [r["loss"] for r in records if r["kind"] == "batch"]
+    assert laid_out == pytest.approx(plain, rel=1e-3, abs=1e-3)
+    conv = next(m for m in result.model if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def lr_curve(cfg: TrainConfig, steps_per_epoch: int, losses=None) -> list[float]:
     """The rate of every step of a recipe as the training loop's Schedule drives it."""
     from mnist_core.train import Schedule, make_optimizer
@@ -189,6 +202,7 @@ def test_batch_larger_than_dataset_is_refused(mnist):
         ({"clip_grad": -1.0}, "clip-grad is -1"), ({"rotate": 200}, "rotate is 200"),
         ({"translate": -1}, "translate is -1"), ({"scale": 1.5}, "scale is 1.5"), ({"shear": 90}, "shear is 90"),
         ({"erase": 1.5}, "erase is 1.5"), ({"milestones": "5,10"}, "milestones must be a list"),
+        ({"channels_last": "yes"}, "channels-last must be true or false"),
     ],
 )
 def test_bad_training_settings_are_refused(kw, match):

@@ -43,13 +43,13 @@ def size_options(sizes: list[int], current: int) -> list[int]:
 def size_label(total: int):
     return lambda n: f"all {total:,}" if n == ALL else f"{n:,}"
 # every recipe field that has a widget of its own, keyed tr_<field>
-FIELDS = ("epochs", "batch_size", "seed", "device", "precision", "optimizer", "lr", "momentum", "nesterov",
+FIELDS = ("epochs", "batch_size", "seed", "device", "precision", "channels_last", "optimizer", "lr", "momentum", "nesterov",
           "weight_decay", "scheduler", "step_size", "gamma", "warmup_pct", "final_div", "warmup_epochs", "patience",
           "rotate", "translate", "scale", "shear", "erase", "label_smoothing", "clip_grad", "ema", "val_split")
 VAL_SIZES = [0, 1000, 2000, 5000, 10000]
 # where a refusal is shown: the section holding the field the message names
 SECTIONS = {
-    "data": ("epochs", "batch", "seed", "device", "precision", "limit", "val-split", "give "),
+    "data": ("epochs", "batch", "seed", "device", "precision", "channels-last", "limit", "val-split", "give "),
     "optimizer": ("optimizer", "lr", "momentum", "nesterov", "weight-decay"),
     "schedule": ("scheduler", "step-size", "gamma", "milestone", "warmup", "final-div", "patience"),
     "augmentation": ("rotate", "translate", "scale", "shear", "erase", "augment"),
@@ -239,6 +239,10 @@ with st.expander("Settings", expanded=True):
                  help="bf16 autocast: faster on CPUs with AVX-512 BF16 / AMX and on recent GPUs, about 3x slower "
                       "elsewhere; auto: bf16 where it is fast, else fp32" + (
                           " (this machine: bf16)" if fast_bf16(torch.device("cpu")) else " (this machine's CPU: fp32)"))
+    c2.checkbox("Channels-last memory", key="tr_channels_last",
+                help="keep images and activations channels-last (NHWC): on a CPU it makes max-pooling several times "
+                     "faster and suits models that pool early (the fast preset); others it can slow. The results "
+                     "are the same")
     show_problem("data")
 
     st.markdown("**Optimizer**")
