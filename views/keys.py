@@ -45,6 +45,7 @@ TRAIN = {
     "tr_milestones": "multistep's milestones as typed, e.g. 5,10",
     "tr_seeds": "'Repeat with seeds' as typed, e.g. 1,2,3: a group of runs",
     "tr_whole_range": "the live accuracy chart: the whole range instead of the goal's band",
+    "tr_live_figures": "the live view's last figures, re-sent unchanged until the next rebuild",
     "tr_lrfind_run": "button: run the LR range test", "tr_lrfind": "the last range test's curve and suggestion",
     "tr_use_lr": "button: take the suggested rate", "lrfind_chart": "chart",
     "tr_preset_name": "name to save the model and recipe under", "tr_preset_about": "its description",

@@ -354,12 +354,13 @@ if stop and active:
 
 
 # The live view's cost falls on the training it watches (the app, the browser and the training share
-# this machine's cores). So the view polls only while a training runs, in two parts: the status and
-# progress bar every 3 s (a few small elements), the charts every 9 s (four plotly figures the browser
-# redraws), the batch curve from a few hundred points; the records are read incrementally.
-POLL_SECONDS = 3.0
-CHART_SECONDS = 9.0
-LIVE_POINTS = 400
+# this machine's cores), and every rerun of a fragment costs the browser a redraw, whatever changed.
+# So the view is one fragment, polling only while a training runs, every 5 s: the status and progress
+# bar. Its charts are rebuilt at most every 15 s, from a few hundred batch points, the records read
+# incrementally; between rebuilds the same figures are sent again, which the browser does not redraw.
+POLL_SECONDS = 5.0
+CHART_SECONDS = 15.0
+LIVE_POINTS = 300
 
 
 def shown_run() -> Run | None:
@@ -375,11 +376,16 @@ training = lab.active() is not None
 
 
 @st.fragment(run_every=POLL_SECONDS if training else None)
-def live_status():
+def live_view():
     run = shown_run()
     if run is None:
         st.info("No run yet: choose settings and press **Start training**.")
         return
+    status = live_status(run)
+    live_charts(run, status == "running")
+
+
+def live_status(run: Run) -> str:
     current = lab.status(run)
     status = str(current.get("status", "unknown"))
     st.subheader(f"{run.name}: {status}")
@@ -412,31 +418,45 @@ def live_status():
             st.rerun()  # the whole page: Start on, Stop off, the final charts and the card, no more polling
     else:
         st.session_state.tr_was_running = run.name
+    return status
 
 
-@st.fragment(run_every=CHART_SECONDS if training else None)
-def live_charts():
-    run = shown_run()
-    if run is None:
-        return
+def live_charts(run: Run, running: bool) -> None:
+    whole = whole_range_toggle(key="tr_whole_range") if any(r["kind"] == "epoch" for r in metrics(run)) else False
+    kept = st.session_state.get("tr_live_figures")
+    fresh = (running and kept is not None and kept["run"] == run.name and kept["whole"] == whole
+             and time.monotonic() - kept["at"] < CHART_SECONDS)
+    if not fresh:
+        kept = {"run": run.name, "whole": whole, "at": time.monotonic(), **chart_parts(run, whole)}
+        st.session_state.tr_live_figures = kept
+    if kept["loss"] is not None:
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(kept["loss"], key="loss_curve")
+        c2.plotly_chart(kept["acc"], key="acc_curve")
+        st.markdown(kept["line"])
+    if kept["batch"] is not None:
+        c1, c2 = st.columns([2, 1]) if kept["lr"] is not None else (st.container(), None)
+        c1.plotly_chart(kept["batch"], key="batch_curve")
+        if c2 is not None:
+            c2.plotly_chart(kept["lr"], key="lr_curve")
+    if not running:
+        show_card(run, missing="No card yet.")
+
+
+def chart_parts(run: Run, whole: bool) -> dict:
+    """The live view's figures and the last epoch's line, from the run's records (None where none yet)."""
     records = metrics(run)
     batches = [r for r in records if r["kind"] == "batch"]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    if epochs:
-        whole = whole_range_toggle(key="tr_whole_range")
-        c1, c2 = st.columns(2)
-        c1.plotly_chart(curves_figure({run.name: epochs}, "loss"), key="loss_curve")
-        c2.plotly_chart(curves_figure({run.name: epochs}, "acc", whole), key="acc_curve")
-        last = epochs[-1]
-        st.markdown(f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
-                    f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s")
-    if batches:
-        c1, c2 = st.columns([2, 1]) if epochs else (st.container(), None)
-        c1.plotly_chart(batch_loss_figure(batches, max_points=LIVE_POINTS), key="batch_curve")
-        if c2 is not None:
-            c2.plotly_chart(lr_figure({run.name: epochs}), key="lr_curve")
-    if lab.status(run).get("status") != "running":
-        show_card(run, missing="No card yet.")
+    last = epochs[-1] if epochs else None
+    return {
+        "loss": curves_figure({run.name: epochs}, "loss") if epochs else None,
+        "acc": curves_figure({run.name: epochs}, "acc", whole) if epochs else None,
+        "lr": lr_figure({run.name: epochs}) if epochs else None,
+        "line": last and (f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
+                          f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s"),
+        "batch": batch_loss_figure(batches, max_points=LIVE_POINTS) if batches else None,
+    }
 
 
 def progress(b: dict, run: Run) -> tuple[float, str]:
@@ -469,5 +489,4 @@ def _started(run: Run) -> float:
         return time.time()
 
 
-live_status()
-live_charts()
+live_view()
