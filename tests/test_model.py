@@ -119,8 +119,12 @@ def test_dropout_adds_layers_but_no_parameters():
     assert any(isinstance(m, torch.nn.Dropout2d) for m in build_model(cfg))
 
 
-def test_lean_preset_is_under_8000_params():
+def test_lean_and_fast_are_under_8000_params_and_fast_races_by_default():
+    from mnist_core.bench import RACE_PRESET  # the benchmark module, only for its default
+
     assert count_params(get_preset("lean").model) < 8000
+    assert count_params(get_preset("fast").model) < 8000
+    assert RACE_PRESET == "fast"
 
 
 def test_plan_and_count_are_fast():
