@@ -356,8 +356,9 @@ if stop and active:
 # The live view's cost falls on the training it watches (the app, the browser and the training share
 # this machine's cores), and every rerun of a fragment costs the browser a redraw, whatever changed.
 # So the view is one fragment, polling only while a training runs, every 5 s: the status and progress
-# bar. Its charts are rebuilt at most every 15 s, from a few hundred batch points, the records read
-# incrementally; between rebuilds the same figures are sent again, which the browser does not redraw.
+# bar. Its charts are rebuilt at most every 15 s (and at once when the first epoch ends), from a few
+# hundred batch points, the records read incrementally; between rebuilds the same figures are sent
+# again, which the browser does not redraw.
 POLL_SECONDS = 5.0
 CHART_SECONDS = 15.0
 LIVE_POINTS = 300
@@ -422,14 +423,16 @@ def live_status(run: Run) -> str:
 
 
 def live_charts(run: Run, running: bool) -> None:
-    whole = whole_range_toggle(key="tr_whole_range") if any(r["kind"] == "epoch" for r in metrics(run)) else False
+    whole = bool(st.session_state.get("tr_whole_range", False))  # the toggle below, as last set
     kept = st.session_state.get("tr_live_figures")
-    fresh = (running and kept is not None and kept["run"] == run.name and kept["whole"] == whole
+    first_epoch = kept is not None and kept["epochs"] == 0 and any(r["kind"] == "epoch" for r in metrics(run))
+    fresh = (running and kept is not None and kept["run"] == run.name and kept["whole"] == whole and not first_epoch
              and time.monotonic() - kept["at"] < CHART_SECONDS)
     if not fresh:
         kept = {"run": run.name, "whole": whole, "at": time.monotonic(), **chart_parts(run, whole)}
         st.session_state.tr_live_figures = kept
     if kept["loss"] is not None:
+        whole_range_toggle(key="tr_whole_range")
         c1, c2 = st.columns(2)
         c1.plotly_chart(kept["loss"], key="loss_curve")
         c2.plotly_chart(kept["acc"], key="acc_curve")
@@ -450,6 +453,7 @@ def chart_parts(run: Run, whole: bool) -> dict:
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1] if epochs else None
     return {
+        "epochs": len(epochs),
         "loss": curves_figure({run.name: epochs}, "loss") if epochs else None,
         "acc": curves_figure({run.name: epochs}, "acc", whole) if epochs else None,
         "lr": lr_figure({run.name: epochs}) if epochs else None,
