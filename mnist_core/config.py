@@ -331,9 +331,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "micro",
-            "4,794 parameters on lean's recipe: about 99.4% test accuracy, not on every seed.",
-            ModelConfig.template((10, 14, 8, 10, 12, 12)),
-            LEAN_RECIPE,
+            "4,808 parameters, 99.4% test accuracy: two 3x3 convolutions of 8 channels before the first max-pool, "
+            "lean's recipe at lr 0.3.",
+            ModelConfig.parse("conv8 bn relu conv8 bn relu maxpool conv12 bn relu conv12 bn relu maxpool "
+                              "conv16 bn relu conv10k1 gap"),
+            replace(LEAN_RECIPE, lr=0.3),
         ),
         # Other shapes from the public assignment space, each under 8,000 parameters, on lean's recipe
         Preset(

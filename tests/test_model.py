@@ -119,11 +119,12 @@ def test_dropout_adds_layers_but_no_parameters():
     assert any(isinstance(m, torch.nn.Dropout2d) for m in build_model(cfg))
 
 
-def test_lean_and_fast_are_under_8000_params_and_fast_races_by_default():
+def test_the_small_presets_keep_their_budgets_and_fast_races_by_default():
     from mnist_core.bench import RACE_PRESET  # the benchmark module, only for its default
 
     assert count_params(get_preset("lean").model) < 8000
     assert count_params(get_preset("fast").model) < 8000
+    assert count_params(get_preset("micro").model) < 5000
     assert RACE_PRESET == "fast"
 
 
