@@ -25,7 +25,7 @@ import torch
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import MNIST, training_batch
 from mnist_core.model import build_model
-from mnist_core.train import make_optimizer, resolve_device, training_step, use_bf16
+from mnist_core.train import make_optimizer, memory_format, resolve_device, training_step, use_bf16
 
 RULE = "the rate where the smoothed loss falls fastest against log(rate), before the loss's minimum"
 SMOOTHING = 0.98  # the early stop's exponential average: its weight of the past
@@ -86,7 +86,7 @@ def range_test(model_cfg: ModelConfig, cfg: TrainConfig, data: MNIST, start: flo
         raise ConfigError(f"batch-size {cfg.batch_size} is larger than the training set ({len(data.train_x)} images)")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device).train()
+    model = build_model(model_cfg).to(device, memory_format=memory_format(cfg)).train()
     opt = make_optimizer(model, replace(cfg, lr=start))
     factor = (end / start) ** (1 / (steps - 1))
     augmentation = cfg.augmentation()

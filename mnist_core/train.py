@@ -69,6 +69,11 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and fast_bf16(device))
 
 
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """The layout the recipe keeps models and batches in (channels-last: NHWC)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
 def check_can_train(cfg: TrainConfig, train_size: int = 60000) -> None:
     """Refuse, before anything is written, settings that cannot train here: an unavailable
     device, a validation split that leaves nothing to train on, or a batch larger than the training
@@ -235,7 +240,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling and augmentation
     if model is None:
         model = initial_model(model_cfg, cfg.init_checkpoint)
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    model = model.to(device, memory_format=memory_format(cfg))
     n = len(data.train_x)
     batches = math.ceil(n / cfg.batch_size)
     opt = make_optimizer(model, cfg)
@@ -282,9 +287,11 @@ def train(
 
 def training_step(model: Net, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                   bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a prepared batch as the recipe says: the forward pass (bf16 autocast
-    when asked), cross-entropy with its label smoothing, backward, gradient clipping, the step.
-    Returns (loss, logits (B, 10)). The training loop and the LR range test both step through it."""
+    """One optimizer step on a prepared batch as the recipe says: the batch in the recipe's memory
+    layout, the forward pass (bf16 autocast when asked), cross-entropy with its label smoothing,
+    backward, gradient clipping, the step. Returns (loss, logits (B, 10)). The training loop and the
+    LR range test both step through it."""
+    x = x.contiguous(memory_format=memory_format(cfg))
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x).float()  # (B, 10)
     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -314,8 +321,6 @@ def train_epoch(model: Net, opt, schedule: Schedule, average, data: MNIST, cfg: 
     for b in range(batches):
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         x = training_batch(data.train_x[idx], augmentation, gen)  # (B, 1, 28, 28)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         y = data.train_y[idx]  # (B,)
         loss, logits = training_step(model, opt, x, y, cfg, bf16)
         if average is not None:

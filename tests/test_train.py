@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset
+from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset, replace
 from mnist_core.data import MNIST, augment, training_batch
 from mnist_core.model import build_model
 from mnist_core.train import resolve_device, train
@@ -61,7 +61,7 @@ def test_channels_last_trains_the_same_model_in_another_memory_layout(mnist):
     cfg = small(3, augment=0.0)
     plain = losses(mnist, cfg)
     records = []
-    result = train(ModelConfig(), TrainConfig(**{**cfg.__dict__, "channels_last": True}), mnist, callback=records.append)
+    result = train(ModelConfig(), replace(cfg, channels_last=True), mnist, callback=records.append)
     laid_out = [r["loss"] for r in records if r["kind"] == "batch"]
     assert laid_out == pytest.approx(plain, rel=1e-3, abs=1e-3)
     conv = next(m for m in result.model if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))

@@ -425,11 +425,12 @@ def live_status(run: Run) -> str:
 def live_charts(run: Run, running: bool) -> None:
     whole = bool(st.session_state.get("tr_whole_range", False))  # the toggle below, as last set
     kept = st.session_state.get("tr_live_figures")
-    first_epoch = kept is not None and kept["epochs"] == 0 and any(r["kind"] == "epoch" for r in metrics(run))
+    records = metrics(run)
+    first_epoch = kept is not None and kept["epochs"] == 0 and any(r["kind"] == "epoch" for r in records)
     fresh = (running and kept is not None and kept["run"] == run.name and kept["whole"] == whole and not first_epoch
              and time.monotonic() - kept["at"] < CHART_SECONDS)
     if not fresh:
-        kept = {"run": run.name, "whole": whole, "at": time.monotonic(), **chart_parts(run, whole)}
+        kept = {"run": run.name, "whole": whole, "at": time.monotonic(), **chart_parts(run.name, records, whole)}
         st.session_state.tr_live_figures = kept
     if kept["loss"] is not None:
         whole_range_toggle(key="tr_whole_range")
@@ -446,17 +447,16 @@ def live_charts(run: Run, running: bool) -> None:
         show_card(run, missing="No card yet.")
 
 
-def chart_parts(run: Run, whole: bool) -> dict:
-    """The live view's figures and the last epoch's line, from the run's records (None where none yet)."""
-    records = metrics(run)
+def chart_parts(name: str, records: list[dict], whole: bool) -> dict:
+    """The live view's figures and the last epoch's line, from a run's records (None where none yet)."""
     batches = [r for r in records if r["kind"] == "batch"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1] if epochs else None
     return {
         "epochs": len(epochs),
-        "loss": curves_figure({run.name: epochs}, "loss") if epochs else None,
-        "acc": curves_figure({run.name: epochs}, "acc", whole) if epochs else None,
-        "lr": lr_figure({run.name: epochs}) if epochs else None,
+        "loss": curves_figure({name: epochs}, "loss") if epochs else None,
+        "acc": curves_figure({name: epochs}, "acc", whole) if epochs else None,
+        "lr": lr_figure({name: epochs}) if epochs else None,
         "line": last and (f"Epoch {last['epoch']}: train {last['train_acc']:.2f}%, test **{last['test_acc']:.2f}%**, "
                           f"loss {last['test_loss']:.4f}, {last['seconds']:.1f} s"),
         "batch": batch_loss_figure(batches, max_points=LIVE_POINTS) if batches else None,
