@@ -178,7 +178,7 @@ HOLD_OUT_CODE = f'''def hold_out(x, y, n):
     return x[keep], y[keep], x[held], y[held]
 '''
 
-TRAIN_CODE = '''def evaluate(model, x, y, batch_size=2000):
+TRAIN_CODE = '''def evaluate(model, x, y, batch_size=256):
     """(mean loss, correct, accuracy %) on uint8 images x (N, 28, 28) and labels y."""
     model.eval()
     loss, correct = 0.0, 0

@@ -138,7 +138,7 @@ class TrainConfig:
     channels_last: bool = False  # keep images and activations channels-last (NHWC): faster for some shapes (max-pool on CPU), slower for others; results unchanged
     limit_train: int | None = None  # use only the first N training images (quick tries)
     limit_test: int | None = None  # use only the first N test images
-    eval_batch_size: int = 2000  # evaluation runs in large batches; no gradients
+    eval_batch_size: int = 256  # evaluation batch: no gradients; on a CPU, 256 images keep the activations in cache (2,000 took 2-4x longer)
     init_checkpoint: str | None = None  # start from these weights (resume, fine-tune)
     start_epoch: int = 0  # epochs already done by the parent run: numbering continues after them
     handwriting: str | None = None  # folder of the user's labelled drawings, added to the training set

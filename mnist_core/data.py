@@ -144,6 +144,16 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """F.affine_grid(theta, (B, C, h, w), align_corners=False) as two broadcast multiply-adds:
+    the same sampling grid (B, h, w, 2), without the batched matrix product that made it cost as
+    much as the sampling itself on a CPU."""
+    xs = ((torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1).view(1, 1, w)
+    ys = ((torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1).view(1, h, 1)
+    t = theta.reshape(-1, 6, 1, 1)
+    return torch.stack([t[:, 0] * xs + t[:, 1] * ys + t[:, 2], t[:, 3] * xs + t[:, 4] * ys + t[:, 5]], dim=-1)
+
+
 def augment(x: torch.Tensor, rotate: float = 0.0, translate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
             erase: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random augmentation per sample, for the whole batch at once, on x's device: no per-image Python.
@@ -169,7 +179,7 @@ def augment(x: torch.Tensor, rotate: float = 0.0, translate: float = 0.0, scale:
             theta = theta.clone()
             theta[:, 0, 1] = theta[:, 0, 1] + k * theta[:, 0, 0]  # x' = x + k y, applied before the rotation
             theta[:, 1, 1] = theta[:, 1, 1] + k * theta[:, 1, 0]
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = affine_grid(theta, h, w)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if erase:
         v = torch.rand(b, 4, device=x.device, generator=generator)  # (B, 4): erase?, side, centre x, centre y

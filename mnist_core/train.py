@@ -113,7 +113,7 @@ class Scores:
 
 
 @torch.no_grad()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 2000) -> Scores:
+def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 256) -> Scores:
     """The model's logits for images x, uint8 (N, 28, 28) as stored or float (N, 1, 28, 28) already
     normalised, in batches and in eval mode (the model's mode is restored). The one evaluation:
     the training's test pass, the Runs page's confusion matrix and the Draw page's reading."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mnist_core.config import ConfigError, ModelConfig, TrainConfig, get_preset, replace
-from mnist_core.data import MNIST, augment, training_batch
+from mnist_core.data import MNIST, affine_grid, augment, training_batch
 from mnist_core.model import build_model
 from mnist_core.train import resolve_device, train
 
@@ -224,6 +224,13 @@ def test_augment_keeps_shape_and_changes_pixels():
     assert out.shape == x.shape
     assert not torch.allclose(out, x)
     assert torch.equal(augment(x, generator=g), x)
+
+
+@pytest.mark.parametrize("h, w", [(28, 28), (20, 12)])
+def test_the_sampling_grid_is_torchs_affine_grid(h, w):
+    theta = torch.randn(8, 2, 3, generator=torch.Generator().manual_seed(3))
+    expected = torch.nn.functional.affine_grid(theta, [8, 1, h, w], align_corners=False)
+    assert torch.allclose(affine_grid(theta, h, w), expected, atol=1e-6)
 
 
 def centre_and_mass(x):
