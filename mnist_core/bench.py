@@ -286,14 +286,15 @@ NOTEBOOK_EPOCHS = 15
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 6000, 2000, 2
 
 
-def notebook_race(target: float, epochs: int, limit_train: int | None, limit_test: int | None, print_fn=print) -> dict:
+def notebook_race(target: float, epochs: int, limit_train: int | None, limit_test: int | None, seed: int = 1,
+                  print_fn=print) -> dict:
     """The notebook as it ran: torchvision MNIST with per-image ToTensor + Normalize through
     DataLoaders (batch 64, shuffled), the reference model, SGD 0.01/0.9 with no schedule, its train
     loop body with the tqdm bar, and its test loop after every epoch. Times from before the data is
     opened to the end of each epoch's test; ends at the first epoch at `target`."""
     start = time.perf_counter()
     train_set, test_set = notebook_dataset(True, limit_train), notebook_dataset(False, limit_test)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)  # the weights and the loaders' shuffling
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=BATCH, shuffle=True)
     model = build_model(ModelConfig())
@@ -341,9 +342,37 @@ def core_race(preset: Preset, target: float, print_fn=print) -> dict:
     return {"reached": reached, "seconds": time.perf_counter() - start, "epochs": preset.train.epochs}
 
 
-def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET, print_fn=print) -> dict:
-    """The notebook (its own 15 epochs) against `preset` through the core, one after the other in
-    this process on the same data: each one's wall time to its first epoch at `target` test accuracy."""
+def race_time(result: dict) -> float:
+    """A racer's time: to its first epoch at the target, or its whole run when it never got there."""
+    return result["reached"]["seconds"] if result["reached"] else result["seconds"]
+
+
+def race_line(target: float, notebook: list[dict], core: list[dict]) -> str:
+    """The race's last line: each racer's time to `target` (the median over seeds when there are
+    several; a run that never got there counts with its whole run's time, and the line says so) and
+    the notebook's time over the core's."""
+
+    def text(who: str, results: list[dict]) -> tuple[float, str]:
+        seconds = statistics.median(race_time(r) for r in results)
+        missed = sum(r["reached"] is None for r in results)
+        if not missed:
+            return seconds, f"{who} {seconds:.1f} s"
+        if len(results) == 1:
+            return seconds, f"{who} {seconds:.1f} s (never reached it: its whole {results[0]['epochs']}-epoch run)"
+        return seconds, f"{who} {seconds:.1f} s (never reached it on {missed} of {len(results)} seeds: " \
+                        "their whole runs stand in)"
+
+    (n, n_text), (c, c_text) = text("notebook", notebook), text("core", core)
+    medians = f" (medians of {len(core)} seeds)" if len(core) > 1 else ""
+    return f"time to {target:.2f}%: {n_text}, {c_text}, speedup: {n / c:.1f}x{medians}"
+
+
+def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET, seeds: list[int] = (1,),
+               print_fn=print) -> dict:
+    """The notebook (its own 15 epochs) against `preset` through the core, in this process on the same
+    data: each one's wall time to its first epoch at `target` test accuracy. With several seeds the
+    two take turns, notebook then core for each seed, so that a machine which speeds up or slows down
+    over the minutes weighs on both; the last line gives the medians."""
     if count_params(preset.model) > count_params(ModelConfig()):
         raise ValueError(f"{preset.name} has {count_params(preset.model):,} parameters, more than the reference's "
                          f"{count_params(ModelConfig()):,}: the race is for models no larger")
@@ -355,18 +384,19 @@ def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET,
     print_fn(f"race to {target:.2f}% test accuracy; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
              + (f"; --quick: {QUICK_TRAIN:,} training and {QUICK_TEST:,} test images, {epochs} epochs: these "
                 "figures are not the target's" if quick else ""))
-    print_fn(f"notebook: reference model (9,596 parameters), DataLoader, batch {BATCH}, SGD 0.01/0.9, {epochs} epochs")
-    notebook = notebook_race(target, epochs, *limits, print_fn=print_fn)
     m, t = preset.model, preset.train
+    print_fn(f"notebook: reference model (9,596 parameters), DataLoader, batch {BATCH}, SGD 0.01/0.9, {epochs} epochs")
     print_fn(f"core: preset {preset.name}, {count_params(m):,} parameters ({m.describe()}); {t.epochs} epochs, "
              f"batch {t.batch_size}; {t.recipe_text()}")
-    core = core_race(preset, target, print_fn)
-
-    def took(r: dict, who: str) -> tuple[float, str]:
-        if r["reached"]:
-            return r["reached"]["seconds"], f"{who} {r['reached']['seconds']:.1f} s"
-        return r["seconds"], f"{who} {r['seconds']:.1f} s (never reached it: its whole {r['epochs']}-epoch run)"
-
-    (n, n_text), (c, c_text) = took(notebook, "notebook"), took(core, "core")
-    print_fn(f"time to {target:.2f}%: {n_text}, {c_text}, speedup: {n / c:.1f}x")
-    return {"notebook": notebook, "core": core, "speedup": n / c, "preset": preset.name, "quick": quick}
+    notebook, core = [], []
+    for seed in seeds:
+        print_fn(f"seed {seed}")
+        notebook.append(notebook_race(target, epochs, *limits, seed=seed, print_fn=print_fn))
+        core.append(core_race(replace(preset, train=replace(preset.train, seed=seed)), target, print_fn))
+        if len(seeds) > 1:
+            print_fn(f"  seed {seed}: " + race_line(target, notebook[-1:], core[-1:]).split(": ", 1)[1])
+    line = race_line(target, notebook, core)
+    print_fn(line)
+    n, c = statistics.median(map(race_time, notebook)), statistics.median(map(race_time, core))
+    return {"notebook": notebook, "core": core, "speedup": n / c, "preset": preset.name, "quick": quick,
+            "seeds": list(seeds)}

@@ -19,7 +19,7 @@ import json
 import textwrap
 
 from mnist_core.config import ModelConfig, TrainConfig
-from mnist_core.data import MEAN, STD, VAL_SEED, augment
+from mnist_core.data import MEAN, STD, VAL_SEED, affine_grid, augment
 from mnist_core.model import summary_text
 from mnist_core.runs import Run
 from mnist_core.spec import Row
@@ -262,7 +262,7 @@ def _sections(run: Run) -> dict[str, str]:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         from torchvision import datasets
         ''')
-    augment_code = inspect.getsource(augment)
+    augment_code = inspect.getsource(affine_grid) + "\n\n" + inspect.getsource(augment)
     return {
         "imports": imports,
         "model": model_code(cfg),
