@@ -14,6 +14,10 @@ backward, in the core's faster precision: the ceiling that these kernels put on 
 Also timed: building a model + counting its parameters (what the Architecture page does per
 change) and one canvas prediction, preprocessing included.
 
+The race (race_bench): the notebook as it ran (that pipeline, its recipe, its 15 epochs) against a
+preset through the core, taking turns for each seed, each timed from the start (data loading
+included) to its first epoch at the reference's best test accuracy; the medians over the seeds.
+
 Accuracy (accuracy_bench): a preset trained once per seed, in this process, one after the other;
 for each seed the test accuracy of the last three epochs and the wall time from the start (data
 loading included) to the end of the first epoch whose test accuracy reaches the goal.
@@ -347,10 +351,10 @@ def race_time(result: dict) -> float:
     return result["reached"]["seconds"] if result["reached"] else result["seconds"]
 
 
-def race_line(target: float, notebook: list[dict], core: list[dict]) -> str:
-    """The race's last line: each racer's time to `target` (the median over seeds when there are
-    several; a run that never got there counts with its whole run's time, and the line says so) and
-    the notebook's time over the core's."""
+def race_line(notebook: list[dict], core: list[dict]) -> str:
+    """Each racer's time to the target (the median over seeds when there are several; a run that
+    never got there counts with its whole run's time, and the line says so) and the notebook's time
+    over the core's."""
 
     def text(who: str, results: list[dict]) -> tuple[float, str]:
         seconds = statistics.median(race_time(r) for r in results)
@@ -364,11 +368,11 @@ def race_line(target: float, notebook: list[dict], core: list[dict]) -> str:
 
     (n, n_text), (c, c_text) = text("notebook", notebook), text("core", core)
     medians = f" (medians of {len(core)} seeds)" if len(core) > 1 else ""
-    return f"time to {target:.2f}%: {n_text}, {c_text}, speedup: {n / c:.1f}x{medians}"
+    return f"{n_text}, {c_text}, speedup: {n / c:.1f}x{medians}"
 
 
-def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET, seeds: list[int] = (1,),
-               print_fn=print) -> dict:
+def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET,
+               seeds: tuple[int, ...] | list[int] = (1,), print_fn=print) -> dict:
     """The notebook (its own 15 epochs) against `preset` through the core, in this process on the same
     data: each one's wall time to its first epoch at `target` test accuracy. With several seeds the
     two take turns, notebook then core for each seed, so that a machine which speeds up or slows down
@@ -394,9 +398,8 @@ def race_bench(preset: Preset, quick: bool = False, target: float = RACE_TARGET,
         notebook.append(notebook_race(target, epochs, *limits, seed=seed, print_fn=print_fn))
         core.append(core_race(replace(preset, train=replace(preset.train, seed=seed)), target, print_fn))
         if len(seeds) > 1:
-            print_fn(f"  seed {seed}: " + race_line(target, notebook[-1:], core[-1:]).split(": ", 1)[1])
-    line = race_line(target, notebook, core)
-    print_fn(line)
+            print_fn(f"  seed {seed}: {race_line(notebook[-1:], core[-1:])}")
+    print_fn(f"time to {target:.2f}%: {race_line(notebook, core)}")
     n, c = statistics.median(map(race_time, notebook)), statistics.median(map(race_time, core))
     return {"notebook": notebook, "core": core, "speedup": n / c, "preset": preset.name, "quick": quick,
             "seeds": list(seeds)}
