@@ -125,6 +125,7 @@ def test_the_small_presets_keep_their_budgets_and_fast_races_by_default():
     assert count_params(get_preset("lean").model) < 8000
     assert count_params(get_preset("fast").model) < 8000
     assert count_params(get_preset("micro").model) < 5000
+    assert count_params(get_preset("nano").model) < 4000
     assert RACE_PRESET == "fast"
 
 
