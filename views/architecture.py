@@ -132,10 +132,12 @@ def plan_frame(cfg: ModelConfig) -> pd.DataFrame:
     } for row in cfg.rows])
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=256, ttl=120, show_spinner=False)
 def latency_ms(cfg: ModelConfig) -> float:
     """Measured time of one single-image forward pass on this machine's CPU: the median of 20,
-    or of as many as 30 ms of measuring allows (three at least), so that a big model stays live."""
+    or of as many as 30 ms of measuring allows (three at least), so that a big model stays live.
+    Kept two minutes, not for good: a figure taken while the machine was busy (the server's first
+    page, a training beside it) is measured again."""
     return insight.inference_ms(build_model(cfg), repeat=20, budget_ms=30)
 
 
