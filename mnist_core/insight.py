@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +158,11 @@ def tile(maps: np.ndarray, cols: int | None = None, pad: int = 1, scale_each: bo
 
 
 def inference_ms(model: Net, repeat: int = 50, budget_ms: float | None = None) -> float:
-    """Median wall time of one single-image forward pass, in ms: `repeat` passes after a warm-up,
-    or fewer (three at least) once `budget_ms` of measuring is spent."""
+    """Wall time of one single-image forward pass, in ms: the fastest of `repeat` passes after a
+    warm-up, or of fewer (three at least) once `budget_ms` of measuring is spent. The fastest, not
+    the median: in the app the server's other threads take the interpreter between passes (a page
+    being sent, another session's rerun) and a median of such passes read 3-100 ms for a model that
+    runs in 0.2 ms."""
     model.eval()
     x = torch.zeros(1, 1, 28, 28)
     with torch.no_grad():
@@ -173,7 +175,7 @@ def inference_ms(model: Net, repeat: int = 50, budget_ms: float | None = None) -
             samples.append((time.perf_counter() - t) * 1000)
             if budget_ms is not None and len(samples) >= 3 and (time.perf_counter() - start) * 1000 > budget_ms:
                 break
-    return statistics.median(samples)
+    return min(samples)
 
 
 def macs(cfg) -> int:

@@ -95,7 +95,7 @@ def test_inference_time_and_macs():
         return (time.perf_counter() - t) * 1000
 
     reported = insight.inference_ms(model, repeat=21)
-    direct = sorted(one_pass() for _ in range(21))[10]  # the same median, measured here
+    direct = min(one_pass() for _ in range(21))  # the same fastest pass, measured here
     assert direct / 3 < reported < direct * 3, (reported, direct)
     bigger = insight.inference_ms(build_model(ModelConfig.template((64, 64, 64, 64, 64, 64))), repeat=21)
     assert bigger > reported  # 40x the multiply-adds cost more time

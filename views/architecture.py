@@ -134,7 +134,7 @@ def plan_frame(cfg: ModelConfig) -> pd.DataFrame:
 
 @st.cache_data(max_entries=256, ttl=120, show_spinner=False)
 def latency_ms(cfg: ModelConfig) -> float:
-    """Measured time of one single-image forward pass on this machine's CPU: the median of 20,
+    """Measured time of one single-image forward pass on this machine's CPU: the fastest of 20,
     or of as many as 30 ms of measuring allows (three at least), so that a big model stays live.
     Kept two minutes, not for good: a figure taken while the machine was busy (the server's first
     page, a training beside it) is measured again."""
@@ -214,7 +214,7 @@ def model_panel(budget: int) -> None:
         timing = f"**{ms:.2f} ms**" if ms is not None else "timing..."
         cost.markdown(f"**{macs / 1e6:.2f} M** multiply-adds per image · {timing} to read one "
                       f"image on this CPU · receptive field **{rf}x{rf}**",
-                      help="Multiply-adds as torchinfo counts them; the time is the median of up to 20 single-"
+                      help="Multiply-adds as torchinfo counts them; the time is the fastest of up to 20 single-"
                            "image forward passes on this machine; the receptive field is the input patch one "
                            "output sees.")
 
