@@ -533,6 +533,9 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
+BENCH_SEEDS = [1, 2, 3]  # bench --accuracy and --race: the targets are medians over these
+
+
 def cmd_bench(args) -> int:
 
     if args.arch is not None and args.accuracy is None:
@@ -545,7 +548,7 @@ def cmd_bench(args) -> int:
             preset = replace(preset, train=replace(preset.train, device=args.device))
         check_can_train(preset.train)
         try:
-            race_bench(preset, quick=args.quick, seeds=args.seeds or ([1] if args.quick else [1, 2, 3]))
+            race_bench(preset, quick=args.quick, seeds=args.seeds or ([1] if args.quick else BENCH_SEEDS))
         except ValueError as e:
             raise UserError(str(e)) from None
         return 0
@@ -565,7 +568,7 @@ def cmd_bench(args) -> int:
             print(f"--quick: {QUICK_TRAIN:,} training and {QUICK_TEST:,} test images, at most {QUICK_EPOCHS} epochs: "
                   "these figures are not the target's")
         check_can_train(preset.train)
-        accuracy_bench(preset, args.seeds or [1, 2, 3], args.goal)
+        accuracy_bench(preset, args.seeds or BENCH_SEEDS, args.goal)
         return 0
     if args.batches is not None and args.batches < 1:
         raise UserError(f"--batches is {args.batches}: it must be at least 1")

@@ -49,8 +49,7 @@ BATCH = 64
 
 def reference_pipeline(device: torch.device, warmup: int, batches: int) -> float:
     """images/s of the notebook's loop: per-image transforms through a DataLoader."""
-    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
-    loader = torch.utils.data.DataLoader(notebook_dataset(train=True), batch_size=BATCH, shuffle=True, **kwargs)
+    loader = notebook_loader(notebook_dataset(train=True), device)
     torch.manual_seed(0)
     model = build_model(ModelConfig()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -76,6 +75,13 @@ def notebook_dataset(train: bool, limit: int | None = None):
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     dataset = datasets.MNIST(str(verify(DATA_DIR)), train=train, download=False, transform=tf)
     return torch.utils.data.Subset(dataset, range(limit)) if limit else dataset
+
+
+def notebook_loader(dataset, device: torch.device) -> torch.utils.data.DataLoader:
+    """The notebook's DataLoader: batch 64, shuffled; on CUDA one worker and pinned memory, as it ran
+    on a GPU (no workers on a CPU)."""
+    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, **kwargs)
 
 
 def notebook_step(model, opt, x, y, i: int, tally: dict, bar) -> None:
@@ -300,9 +306,7 @@ def notebook_race(target: float, epochs: int, limit_train: int | None, limit_tes
     start = time.perf_counter()
     train_set, test_set = notebook_dataset(True, limit_train), notebook_dataset(False, limit_test)
     torch.manual_seed(seed)  # the weights and the loaders' shuffling
-    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH, shuffle=True, **kwargs)
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=BATCH, shuffle=True, **kwargs)
+    train_loader, test_loader = notebook_loader(train_set, device), notebook_loader(test_set, device)
     model = build_model(ModelConfig()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     reached = None

@@ -178,7 +178,7 @@ HOLD_OUT_CODE = f'''def hold_out(x, y, n):
     return x[keep], y[keep], x[held], y[held]
 '''
 
-TRAIN_CODE = '''def evaluate(model, x, y, batch_size=256):
+TRAIN_CODE = '''def evaluate(model, x, y, batch_size=EVAL_BATCH):
     """(mean loss, correct, accuracy %) on uint8 images x (N, 28, 28) and labels y."""
     model.eval()
     loss, correct = 0.0, 0
@@ -279,7 +279,7 @@ def _constants(run: Run) -> str:
     t = run.train_config()
     constants = {"VAL_SPLIT": t.val_split, "BATCH_SIZE": t.batch_size, "SEED": t.seed,
                  "LABEL_SMOOTHING": t.label_smoothing, "CLIP_GRAD": t.clip_grad, "EMA": t.ema,
-                 "AUGMENTATION": t.augmentation()}
+                 "AUGMENTATION": t.augmentation(), "EVAL_BATCH": t.eval_batch_size}
     return "# the run's recipe\n" + "\n".join(f"{k} = {v!r}" for k, v in constants.items()) + "\n"
 
 

@@ -54,9 +54,9 @@ class Evaluation:
         return idx[np.argsort(-self.probs[idx, predicted])]
 
 
-def evaluate_probs(model: Net, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def evaluate_probs(model: Net, x: torch.Tensor) -> np.ndarray:
     """(N, 10) float32 probabilities for uint8 images x (N, 28, 28)."""
-    return evaluate(model, x, batch_size=batch_size).probs().cpu().numpy().astype(np.float32)
+    return evaluate(model, x).probs().cpu().numpy().astype(np.float32)
 
 
 def file_sha256(path: Path) -> str:

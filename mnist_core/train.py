@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from mnist_core.config import ConfigError, ModelConfig, TrainConfig
+from mnist_core.config import EVAL_BATCH, ConfigError, ModelConfig, TrainConfig
 from mnist_core.data import MNIST, normalize, training_batch
 from mnist_core.model import Net, build_model
 from mnist_core.checkpoint import load_checkpoint
@@ -113,7 +113,7 @@ class Scores:
 
 
 @torch.no_grad()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 256) -> Scores:
+def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = EVAL_BATCH) -> Scores:
     """The model's logits for images x, uint8 (N, 28, 28) as stored or float (N, 1, 28, 28) already
     normalised, in batches and in eval mode (the model's mode is restored). The one evaluation:
     the training's test pass, the Runs page's confusion matrix and the Draw page's reading."""
